@@ -1,0 +1,3 @@
+from aqnode.cli import main
+
+main()

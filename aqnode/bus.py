@@ -1,0 +1,226 @@
+"""The sending API shared by the network client and a handler's ``ctx.bus`` (SPEC 4).
+
+Subclasses only move envelopes: :meth:`Bus._send` takes a list of envelopes and returns
+one :class:`SendResult` each. Turning typed messages into envelopes and replies back into
+typed values (or errors) happens here, once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar, overload
+
+import msgspec
+
+from aqnode import errors
+from aqnode.api import Command, Message, Query, entity_type_of, id_field_of, reply_type_of
+from aqnode.catalogue import JSON, MSGPACK
+
+R = TypeVar("R")
+
+
+class Envelope(msgspec.Struct, array_like=True):
+    entity_type: str
+    message: str
+    entity_id: str  # "" = let the node read it from the payload's entity id field
+    payload: bytes
+    content_type: str = MSGPACK
+    message_id: str = ""
+
+
+class SendResult(msgspec.Struct, array_like=True):
+    message_id: str
+    ok: bool
+    reply: bytes = b""
+    content_type: str = MSGPACK
+    error: dict[str, Any] | None = None
+
+    def raise_for_error(self) -> None:
+        if not self.ok:
+            raise errors.AqError.from_dict(self.error or {"message": "unknown failure"})
+
+
+_encoder = msgspec.msgpack.Encoder()
+_reply_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def envelope_of(msg: Message, message_id: str | None = None) -> Envelope:
+    cls = type(msg)
+    etype = entity_type_of(cls)
+    if etype is None:
+        raise TypeError(f"{cls.__qualname__} has no @entity_type; decorate it to send it")
+    id_field = id_field_of(cls)
+    entity_id = str(getattr(msg, id_field)) if id_field else ""
+    return Envelope(etype, cls.__name__, entity_id, _encoder.encode(msg), MSGPACK, message_id or "")
+
+
+def raw_envelope(
+    entity_type: str,
+    message: str,
+    entity_id: str,
+    data: Mapping[str, Any] | bytes,
+    message_id: str | None = None,
+    content_type: str | None = None,
+) -> Envelope:
+    if isinstance(data, bytes | bytearray):
+        payload, ctype = bytes(data), content_type or JSON
+    else:
+        payload, ctype = _encoder.encode(data), MSGPACK
+    return Envelope(entity_type, message, str(entity_id), payload, ctype, message_id or "")
+
+
+def decode_reply(result: SendResult, reply_type: Any) -> Any:
+    result.raise_for_error()
+    if not result.reply:
+        return None
+    if result.content_type == JSON:
+        return msgspec.json.decode(result.reply, type=reply_type)
+    return msgspec.msgpack.decode(result.reply, type=reply_type)
+
+
+def _typed_decode(msg: Message, result: SendResult) -> Any:
+    cls = type(msg)
+    result.raise_for_error()
+    if not result.reply:
+        return None
+    decoder = _reply_decoders.get(cls)
+    if decoder is None:
+        decoder = _reply_decoders[cls] = msgspec.msgpack.Decoder(reply_type_of(cls))
+    return decoder.decode(result.reply)
+
+
+class Bus(ABC):
+    """Send messages; every method has the same meaning on the client and in a handler."""
+
+    @abstractmethod
+    async def _send(
+        self, envelopes: list[Envelope], *, wait: bool, timeout: float | None
+    ) -> list[SendResult]:
+        """Submit envelopes in order; with ``wait``, each result carries the reply."""
+
+    async def enqueue(self, msg: Message, *, message_id: str | None = None) -> str:
+        """Durably enqueue ``msg``; returns its message id. Does not wait for the handler."""
+        (result,) = await self._send([envelope_of(msg, message_id)], wait=False, timeout=None)
+        result.raise_for_error()
+        return result.message_id
+
+    async def enqueue_many(self, msgs: Iterable[Message]) -> list[str]:
+        """Enqueue many messages in order, in one round trip; all-or-error per message."""
+        results = await self._send([envelope_of(m) for m in msgs], wait=False, timeout=None)
+        for result in results:
+            result.raise_for_error()
+        return [r.message_id for r in results]
+
+    @overload
+    async def enqueue_and_wait(
+        self, msg: Command[R], *, timeout: float | None = None, message_id: str | None = None
+    ) -> R: ...
+
+    @overload
+    async def enqueue_and_wait(
+        self, msg: Query[R], *, timeout: float | None = None, message_id: str | None = None
+    ) -> R: ...
+
+    @overload
+    async def enqueue_and_wait(
+        self, msg: Message, *, timeout: float | None = None, message_id: str | None = None
+    ) -> Any: ...
+
+    async def enqueue_and_wait(
+        self, msg: Message, *, timeout: float | None = None, message_id: str | None = None
+    ) -> Any:
+        """Enqueue ``msg`` and return the handler's reply, decoded to the message's ``R``."""
+        envelope = envelope_of(msg, message_id)
+        self._check_wait(envelope)
+        (result,) = await self._send([envelope], wait=True, timeout=timeout)
+        return _typed_decode(msg, result)
+
+    async def enqueue_raw(
+        self,
+        entity_type: str,
+        message: str,
+        entity_id: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        message_id: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """Enqueue by name: ``data`` is a mapping, or JSON/msgpack bytes (``content_type``)."""
+        envelope = raw_envelope(entity_type, message, entity_id, data, message_id, content_type)
+        (result,) = await self._send([envelope], wait=False, timeout=None)
+        result.raise_for_error()
+        return result.message_id
+
+    async def enqueue_and_wait_raw(
+        self,
+        entity_type: str,
+        message: str,
+        entity_id: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        timeout: float | None = None,
+        message_id: str | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        """Enqueue by name and return the reply as plain data (dicts, lists, numbers)."""
+        envelope = raw_envelope(entity_type, message, entity_id, data, message_id, content_type)
+        self._check_wait(envelope)
+        (result,) = await self._send([envelope], wait=True, timeout=timeout)
+        return decode_reply(result, Any)
+
+    def for_entity(self, entity_type: str, entity_id: str) -> EntityBus:
+        """A handle bound to one entity; sends to any other entity are refused."""
+        return EntityBus(self, entity_type, str(entity_id))
+
+    def _check_wait(self, envelope: Envelope) -> None:  # noqa: B027 (a hook, empty by default)
+        """Refuse a wait that can never end; the client has none, a handler's bus has."""
+
+
+class EntityBus:
+    """``bus.for_entity(type, id)``: the same sends, checked against one entity."""
+
+    def __init__(self, bus: Bus, entity_type: str, entity_id: str) -> None:
+        self._bus = bus
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+
+    def _check(self, msg: Message) -> None:
+        envelope = envelope_of(msg)
+        if envelope.entity_type != self.entity_type or envelope.entity_id not in (
+            "",
+            self.entity_id,
+        ):
+            raise ValueError(
+                f"{type(msg).__name__} addresses {envelope.entity_type}:{envelope.entity_id}, "
+                f"not {self.entity_type}:{self.entity_id}"
+            )
+
+    async def enqueue(self, msg: Message, *, message_id: str | None = None) -> str:
+        self._check(msg)
+        return await self._bus.enqueue(msg, message_id=message_id)
+
+    async def enqueue_and_wait(
+        self, msg: Message, *, timeout: float | None = None, message_id: str | None = None
+    ) -> Any:
+        self._check(msg)
+        return await self._bus.enqueue_and_wait(msg, timeout=timeout, message_id=message_id)
+
+    async def enqueue_raw(
+        self, message: str, data: Mapping[str, Any] | bytes, *, message_id: str | None = None
+    ) -> str:
+        return await self._bus.enqueue_raw(
+            self.entity_type, message, self.entity_id, data, message_id=message_id
+        )
+
+    async def enqueue_and_wait_raw(
+        self,
+        message: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        timeout: float | None = None,
+        message_id: str | None = None,
+    ) -> Any:
+        return await self._bus.enqueue_and_wait_raw(
+            self.entity_type, message, self.entity_id, data, timeout=timeout, message_id=message_id
+        )

@@ -1,0 +1,216 @@
+"""The checked set of entity types, messages and handlers a node serves.
+
+Built once per process (supervisor and shards alike) after the handler modules are
+imported. The supervisor uses it to validate payloads before anything is written; the
+shards use it to decode and run messages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from aqnode import errors
+from aqnode.api import (
+    REGISTRY,
+    HandlerRecord,
+    Message,
+    Registry,
+    entity_type_of,
+    id_field_of,
+    reply_type_of,
+)
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+CONTENT_TYPES = (JSON, MSGPACK)
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    """One message class the node handles, with what it takes to decode and run it."""
+
+    entity_type: str
+    name: str
+    cls: type[Message]
+    id_field: str
+    handler: HandlerRecord
+    reply_type: Any
+    takes_context: bool
+    json_decoder: msgspec.json.Decoder[Any]
+    msgpack_decoder: msgspec.msgpack.Decoder[Any]
+
+    def decode(self, payload: bytes, content_type: str) -> Message:
+        decoder = self.msgpack_decoder if content_type == MSGPACK else self.json_decoder
+        result: Message = decoder.decode(payload)
+        return result
+
+    def entity_id_of(self, msg: Message) -> str:
+        return str(getattr(msg, self.id_field))
+
+
+class Catalogue:
+    """entity type -> message name -> :class:`MessageSpec`."""
+
+    def __init__(self, specs: Iterable[MessageSpec]) -> None:
+        self.entity_types: dict[str, dict[str, MessageSpec]] = {}
+        for spec in specs:
+            self.entity_types.setdefault(spec.entity_type, {})[spec.name] = spec
+
+    def lookup(self, entity_type: str, message: str) -> MessageSpec:
+        messages = self.entity_types.get(entity_type)
+        if messages is None:
+            known = ", ".join(sorted(self.entity_types)) or "none"
+            raise errors.ValidationFailed(
+                f"this node handles no entity type {entity_type!r} (it handles: {known})",
+                code=errors.UNKNOWN_ENTITY_TYPE,
+            )
+        spec = messages.get(message)
+        if spec is None:
+            known = ", ".join(sorted(messages))
+            raise errors.ValidationFailed(
+                f"entity type {entity_type!r} has no message {message!r} (it has: {known})",
+                code=errors.UNKNOWN_MESSAGE,
+            )
+        return spec
+
+    def validate(
+        self, entity_type: str, message: str, entity_id: str, payload: bytes, content_type: str
+    ) -> tuple[MessageSpec, str, bytes]:
+        """Check a message as sent; return its spec, its entity id and canonical msgpack.
+
+        Raises :class:`~aqnode.errors.ValidationFailed` with ``UNKNOWN_ENTITY_TYPE``,
+        ``UNKNOWN_MESSAGE`` or ``INVALID_PAYLOAD`` (naming the field).
+        """
+        spec = self.lookup(entity_type, message)
+        if content_type not in CONTENT_TYPES:
+            raise errors.ValidationFailed(
+                f"content type {content_type!r} is not one of {', '.join(CONTENT_TYPES)}"
+            )
+        try:
+            msg = spec.decode(payload, content_type)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise errors.ValidationFailed(
+                f"{entity_type}.{message}: {exc}", field=_field_of(str(exc))
+            ) from None
+        found = spec.entity_id_of(msg)
+        if entity_id and found != entity_id:
+            raise errors.ValidationFailed(
+                f"{entity_type}.{message}: field `{spec.id_field}` is {found!r} but the message "
+                f"is addressed to entity id {entity_id!r}; make them agree",
+                field=spec.id_field,
+            )
+        if not found:
+            raise errors.ValidationFailed(
+                f"{entity_type}.{message}: the entity id field `{spec.id_field}` is empty",
+                field=spec.id_field,
+            )
+        canonical = payload if content_type == MSGPACK else msgspec.msgpack.encode(msg)
+        return spec, found, canonical
+
+
+def _field_of(msgspec_error: str) -> str:
+    """``"Expected `int`, got `str` - at `$.amount`"`` -> ``"amount"``."""
+    if "- at `$." in msgspec_error:
+        return msgspec_error.rsplit("- at `$.", 1)[1].rstrip("`")
+    if "missing required field `" in msgspec_error:
+        return msgspec_error.split("missing required field `", 1)[1].split("`", 1)[0]
+    return ""
+
+
+def import_handler_modules(modules: Iterable[str]) -> None:
+    """Import the configured handler modules; an import failure carries its traceback."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            detail = "".join(traceback.format_exception(exc))
+            raise errors.StartupError(
+                f"handler module {name!r} failed to import:\n{detail}"
+            ) from exc
+
+
+def build_catalogue(
+    default_entity_ids: Mapping[str, str | None], registry: Registry = REGISTRY
+) -> Catalogue:
+    """Check the registry as a whole; every problem found is reported at once."""
+    problems: list[str] = []
+    by_class: dict[type[Message], HandlerRecord] = {}
+    for record in registry.handlers:
+        previous = by_class.get(record.message_class)
+        if previous is not None and previous.func is not record.func:
+            problems.append(
+                f"{record.message_class.__qualname__} has two handlers: "
+                f"{previous.qualname} and {record.qualname}; keep one"
+            )
+            continue
+        by_class[record.message_class] = record
+    specs: list[MessageSpec] = []
+    names: dict[tuple[str, str], type[Message]] = {}
+    for cls, record in by_class.items():
+        spec = _spec_for(cls, record, default_entity_ids, problems)
+        if spec is None:
+            continue
+        clash = names.get((spec.entity_type, spec.name))
+        if clash is not None and clash is not cls:
+            problems.append(
+                f"entity type {spec.entity_type!r} has two message classes named {spec.name!r}: "
+                f"{clash.__module__}.{clash.__qualname__} and {cls.__module__}.{cls.__qualname__}"
+            )
+            continue
+        names[(spec.entity_type, spec.name)] = cls
+        specs.append(spec)
+    if problems:
+        raise errors.StartupError(
+            "the handler modules are inconsistent:\n  " + "\n  ".join(problems)
+        )
+    return Catalogue(specs)
+
+
+def _spec_for(
+    cls: type[Message],
+    record: HandlerRecord,
+    default_entity_ids: Mapping[str, str | None],
+    problems: list[str],
+) -> MessageSpec | None:
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    etype = entity_type_of(cls)
+    if etype is None:
+        problems.append(f"{where} (handled by {record.qualname}) has no @entity_type")
+        return None
+    id_field = id_field_of(cls) or default_entity_ids.get(etype)
+    if not id_field:
+        problems.append(
+            f"{where} has no entity id field: give @entity_type({etype!r}, id_field=...) "
+            f"or default_entity_id in [entities.{etype}]"
+        )
+        return None
+    if id_field not in cls.__struct_fields__:
+        problems.append(f"{where} has no field {id_field!r}, its entity id field")
+        return None
+    return MessageSpec(
+        entity_type=etype,
+        name=cls.__name__,
+        cls=cls,
+        id_field=id_field,
+        handler=record,
+        reply_type=reply_type_of(cls),
+        takes_context=_arity(record.func) >= 2,
+        json_decoder=msgspec.json.Decoder(cls),
+        msgpack_decoder=msgspec.msgpack.Decoder(cls),
+    )
+
+
+def _arity(func: Callable[..., Any]) -> int:
+    try:
+        return len(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return 2

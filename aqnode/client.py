@@ -1,0 +1,327 @@
+"""The Python client (SPEC section 4): ``Client`` (asyncio) and ``SyncClient`` (blocking).
+
+The client keeps one long-lived ``Session`` stream per node. Calls made in the same
+event-loop tick travel in one frame, and frames go out in call order, so a sender that
+fires many ``enqueue`` calls without awaiting each one still gets FIFO and group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from aqnode import errors
+from aqnode.api import Message
+from aqnode.bus import Bus, EntityBus, Envelope, SendResult
+from aqnode.v1 import aqnode_pb2 as pb
+from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+NO_TIMEOUT_WAIT_S = 3600.0  #: seconds; a wait with no timeout relies on the node's default
+TIMEOUT_GRACE_S = 2.0  #: seconds the client waits past a timeout for the node to say so
+
+
+class Client(Bus):
+    """``async with Client("127.0.0.1:50051") as bus: await bus.enqueue(msg)``."""
+
+    def __init__(self, address: str = "127.0.0.1:50051", *, auth_token: str | None = None) -> None:
+        self.address = address
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.AqNodeStub | None = None
+        self._stream: Any = None
+        self._ids = itertools.count(1)
+        self._futures: dict[int, asyncio.Future[SendResult]] = {}
+        self._outbox: list[pb.Call] = []
+        self._outbox_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connect_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self._stream is not None:
+                return
+            if self._channel is None:
+                self._channel = grpc.aio.insecure_channel(
+                    self.address,
+                    options=[
+                        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ],
+                )
+                self._stub = pb_grpc.AqNodeStub(self._channel)  # type: ignore[no-untyped-call]
+            assert self._stub is not None
+            self._stream = self._stub.Session(metadata=self._metadata)
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._write(self._stream)),
+                loop.create_task(self._read(self._stream)),
+            ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
+        self._fail_all(errors.AqError("the client was closed", code=errors.UNAVAILABLE))
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def status(self, timeout: float = 5.0) -> pb.StatusReply:
+        """The node's ``Status``: its shards, role, master and epoch."""
+        await self.connect()
+        assert self._stub is not None
+        try:
+            reply: pb.StatusReply = await self._stub.Status(
+                pb.StatusRequest(), timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc, self.address) from None
+        return reply
+
+    # ---- the stream -------------------------------------------------------------------
+
+    async def _send(
+        self, envelopes: list[Envelope], *, wait: bool, timeout: float | None
+    ) -> list[SendResult]:
+        if self._stream is None:
+            await self.connect()
+        loop = asyncio.get_running_loop()
+        timeout_ms = int(timeout * 1000) if timeout else 0
+        futures = []
+        for env in envelopes:
+            call_id = next(self._ids)
+            future: asyncio.Future[SendResult] = loop.create_future()
+            self._futures[call_id] = future
+            futures.append(future)
+            self._outbox.append(
+                pb.Call(
+                    call_id=call_id,
+                    envelope=pb.Envelope(
+                        entity_type=env.entity_type,
+                        message=env.message,
+                        entity_id=env.entity_id,
+                        payload=env.payload,
+                        content_type=env.content_type,
+                        message_id=env.message_id,
+                    ),
+                    wait=wait,
+                    timeout_ms=timeout_ms,
+                )
+            )
+        self._outbox_ready.set()
+        limit = (timeout + TIMEOUT_GRACE_S) if timeout else NO_TIMEOUT_WAIT_S
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futures), limit if wait else None))
+        except TimeoutError:
+            raise errors.ReplyTimeout(
+                f"no answer from {self.address} within {limit:.1f}s; the message may still run"
+            ) from None
+
+    async def _write(self, stream: Any) -> None:
+        try:
+            while True:
+                await self._outbox_ready.wait()
+                self._outbox_ready.clear()
+                while self._outbox:
+                    batch, self._outbox = self._outbox, []
+                    await stream.write(pb.ClientFrame(calls=batch))
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self._broken(rpc_error(exc, self.address))
+        except Exception as exc:
+            self._broken(
+                errors.AqError(
+                    f"the stream to {self.address} failed: {exc}", code=errors.UNAVAILABLE
+                )
+            )
+
+    async def _read(self, stream: Any) -> None:
+        try:
+            while True:
+                frame = await stream.read()
+                if frame is grpc.aio.EOF:
+                    self._broken(
+                        errors.AqError(f"{self.address} closed the stream", code=errors.UNAVAILABLE)
+                    )
+                    return
+                for outcome in frame.outcomes:
+                    future = self._futures.pop(outcome.call_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(_result_from_pb(outcome))
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self._broken(rpc_error(exc, self.address))
+
+    def _broken(self, error: errors.AqError) -> None:
+        self._stream = None
+        self._fail_all(error)
+
+    def _fail_all(self, error: errors.AqError) -> None:
+        futures, self._futures = self._futures, {}
+        for future in futures.values():
+            if not future.done():
+                future.set_result(SendResult("", False, error=error.to_dict()))
+
+
+def _result_from_pb(outcome: pb.Outcome) -> SendResult:
+    if outcome.ok:
+        return SendResult(
+            outcome.message_id, True, outcome.reply, outcome.content_type or "application/msgpack"
+        )
+    f = outcome.failure
+    error = {"code": f.code, "message": f.message}
+    if f.remote_type or f.remote_traceback:
+        error.update(
+            remote_type=f.remote_type,
+            remote_message=f.remote_message,
+            remote_traceback=f.remote_traceback,
+        )
+    return SendResult(outcome.message_id, False, error=error)
+
+
+def rpc_error(exc: grpc.aio.AioRpcError, address: str) -> errors.AqError:
+    """A gRPC failure as an AqError: the node's own code when it sent one."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "aq-error-bin":
+            raw = value if isinstance(value, bytes) else str(value).encode()
+            return errors.AqError.from_dict(json.loads(raw))
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return errors.AqError(
+            f"cannot reach an aqnode at {address} ({exc.details()}); "
+            "is `aqnode serve` running there?",
+            code=errors.UNAVAILABLE,
+        )
+    return errors.AqError(f"{address}: {exc.code().name}: {exc.details()}", code=errors.INTERNAL)
+
+
+class SyncClient:
+    """The blocking twin of :class:`Client`: same methods, run on a private event loop."""
+
+    def __init__(self, address: str = "127.0.0.1:50051", *, auth_token: str | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="aqnode-client", daemon=True
+        )
+        self._thread.start()
+        self._client = self._run(_make_client(address, auth_token))
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def enqueue(self, msg: Message, *, message_id: str | None = None) -> str:
+        return self._run(self._client.enqueue(msg, message_id=message_id))
+
+    def enqueue_many(self, msgs: Iterable[Message]) -> list[str]:
+        return self._run(self._client.enqueue_many(list(msgs)))
+
+    def enqueue_and_wait(
+        self, msg: Message, *, timeout: float | None = None, message_id: str | None = None
+    ) -> Any:
+        return self._run(self._client.enqueue_and_wait(msg, timeout=timeout, message_id=message_id))
+
+    def enqueue_raw(
+        self,
+        entity_type: str,
+        message: str,
+        entity_id: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        message_id: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        return self._run(
+            self._client.enqueue_raw(
+                entity_type,
+                message,
+                entity_id,
+                data,
+                message_id=message_id,
+                content_type=content_type,
+            )
+        )
+
+    def enqueue_and_wait_raw(
+        self,
+        entity_type: str,
+        message: str,
+        entity_id: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        timeout: float | None = None,
+        message_id: str | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        return self._run(
+            self._client.enqueue_and_wait_raw(
+                entity_type,
+                message,
+                entity_id,
+                data,
+                timeout=timeout,
+                message_id=message_id,
+                content_type=content_type,
+            )
+        )
+
+    def for_entity(self, entity_type: str, entity_id: str) -> SyncEntityClient:
+        return SyncEntityClient(self, self._client.for_entity(entity_type, entity_id))
+
+    def status(self, timeout: float = 5.0) -> pb.StatusReply:
+        return self._run(self._client.status(timeout))
+
+
+class SyncEntityClient:
+    def __init__(self, owner: SyncClient, bus: EntityBus) -> None:
+        self._owner = owner
+        self._bus = bus
+
+    def enqueue(self, msg: Message, *, message_id: str | None = None) -> str:
+        return self._owner._run(self._bus.enqueue(msg, message_id=message_id))
+
+    def enqueue_and_wait(self, msg: Message, *, timeout: float | None = None) -> Any:
+        return self._owner._run(self._bus.enqueue_and_wait(msg, timeout=timeout))
+
+    def enqueue_raw(self, message: str, data: Mapping[str, Any] | bytes) -> str:
+        return self._owner._run(self._bus.enqueue_raw(message, data))
+
+    def enqueue_and_wait_raw(
+        self, message: str, data: Mapping[str, Any] | bytes, *, timeout: float | None = None
+    ) -> Any:
+        return self._owner._run(self._bus.enqueue_and_wait_raw(message, data, timeout=timeout))
+
+
+async def _make_client(address: str, auth_token: str | None) -> Client:
+    return Client(address, auth_token=auth_token)

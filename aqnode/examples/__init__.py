@@ -1,0 +1,1 @@
+"""Example handler modules that ship with aqnode (used by the README's demo)."""

@@ -1,0 +1,221 @@
+"""The client API over gRPC: protobuf in, :class:`~aqnode.core.NodeCore` calls, protobuf out.
+
+``Session`` is the fast path: a long-lived bidi stream whose frames carry batches of
+calls; outcomes travel back batched too, each tagged with its ``call_id``. The unary
+methods are for other languages and ad-hoc tools. Errors cross as the SPEC's codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from aqnode import errors
+from aqnode.bus import Envelope, SendResult
+from aqnode.catalogue import JSON
+from aqnode.core import Call, NodeCore
+from aqnode.v1 import aqnode_pb2 as pb
+from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
+
+#: gRPC status per SPEC error code, for unary calls (the code itself is in the metadata).
+STATUS_FOR_CODE: dict[str, grpc.StatusCode] = {
+    errors.UNKNOWN_ENTITY_TYPE: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.UNKNOWN_MESSAGE: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.INVALID_PAYLOAD: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.QUEUE_DEPTH_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.WORKER_LIMIT_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.REDIS_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    errors.DRAINING: grpc.StatusCode.UNAVAILABLE,
+    errors.REPLY_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.INTERRUPTED: grpc.StatusCode.ABORTED,
+    errors.HANDLER_ERROR: grpc.StatusCode.ABORTED,
+    errors.SELF_WAIT: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.STALE_EPOCH: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.MASTER_REBUILDING: grpc.StatusCode.UNAVAILABLE,
+    errors.FORWARD_HOPS_EXCEEDED: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+}
+ERROR_METADATA = "aq-error-bin"  #: trailing metadata: the whole error as JSON
+CODE_METADATA = "aq-code"  #: trailing metadata: the SPEC code alone
+
+
+def envelope_from_pb(env: pb.Envelope) -> Envelope:
+    return Envelope(
+        env.entity_type,
+        env.message,
+        env.entity_id,
+        env.payload,
+        env.content_type or JSON,
+        env.message_id,
+    )
+
+
+def failure_to_pb(error: dict[str, Any] | None) -> pb.Failure:
+    error = error or {}
+    return pb.Failure(
+        code=str(error.get("code", errors.INTERNAL)),
+        message=str(error.get("message", "")),
+        remote_type=str(error.get("remote_type", "")),
+        remote_message=str(error.get("remote_message", "")),
+        remote_traceback=str(error.get("remote_traceback", "")),
+    )
+
+
+def outcome_to_pb(call_id: int, result: SendResult) -> pb.Outcome:
+    if result.ok:
+        return pb.Outcome(
+            call_id=call_id,
+            message_id=result.message_id,
+            ok=True,
+            reply=result.reply,
+            content_type=result.content_type,
+        )
+    return pb.Outcome(
+        call_id=call_id,
+        message_id=result.message_id,
+        ok=False,
+        failure=failure_to_pb(result.error),
+    )
+
+
+class AqNodeService(pb_grpc.AqNodeServicer):
+    def __init__(
+        self, core: NodeCore, status: Callable[[], pb.StatusReply], auth_token: str | None
+    ) -> None:
+        self._core = core
+        self._status = status
+        self._token = auth_token
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self._token is None:
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        given = str(metadata.get("authorization", ""))
+        if not hmac.compare_digest(given, f"Bearer {self._token}"):
+            await _abort(
+                context,
+                errors.AqError(
+                    "this node requires an auth token: send 'authorization: Bearer <token>'",
+                    code=errors.UNAUTHENTICATED,
+                ).to_dict(),
+            )
+
+    async def _one(self, envelope: Envelope, wait: bool, timeout_ms: int) -> SendResult:
+        future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+
+        def reply(result: SendResult) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        self._core.submit([Call(envelope, wait, timeout_ms, reply)])
+        return await future
+
+    async def Enqueue(self, request: pb.EnqueueRequest, context: Any) -> pb.EnqueueReply:
+        await self._authenticate(context)
+        result = await self._one(envelope_from_pb(request.envelope), False, 0)
+        if not result.ok:
+            await _abort(context, result.error)
+        return pb.EnqueueReply(message_id=result.message_id)
+
+    async def EnqueueMany(
+        self, request: pb.EnqueueManyRequest, context: Any
+    ) -> pb.EnqueueManyReply:
+        await self._authenticate(context)
+        envelopes = [envelope_from_pb(e) for e in request.envelopes]
+        results: list[SendResult | None] = [None] * len(envelopes)
+        left = asyncio.get_running_loop().create_future()
+        remaining = [len(envelopes)]
+
+        def reply_at(i: int) -> Callable[[SendResult], None]:
+            def reply(result: SendResult) -> None:
+                results[i] = result
+                remaining[0] -= 1
+                if remaining[0] == 0 and not left.done():
+                    left.set_result(None)
+
+            return reply
+
+        if envelopes:
+            self._core.submit([Call(e, False, 0, reply_at(i)) for i, e in enumerate(envelopes)])
+            await left
+        return pb.EnqueueManyReply(
+            outcomes=[outcome_to_pb(i, r) for i, r in enumerate(results) if r is not None]
+        )
+
+    async def EnqueueAndWait(
+        self, request: pb.EnqueueAndWaitRequest, context: Any
+    ) -> pb.EnqueueAndWaitReply:
+        await self._authenticate(context)
+        result = await self._one(envelope_from_pb(request.envelope), True, request.timeout_ms)
+        if not result.ok:
+            await _abort(context, result.error)
+        return pb.EnqueueAndWaitReply(
+            message_id=result.message_id, reply=result.reply, content_type=result.content_type
+        )
+
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusReply:
+        await self._authenticate(context)
+        return self._status()
+
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.ClientFrame], context: Any
+    ) -> AsyncIterator[pb.ServerFrame]:
+        await self._authenticate(context)
+        outbox: list[pb.Outcome] = []
+        ready = asyncio.Event()
+        state = {"outstanding": 0, "closed": False}
+
+        def reply_for(call_id: int) -> Callable[[SendResult], None]:
+            def reply(result: SendResult) -> None:
+                outbox.append(outcome_to_pb(call_id, result))
+                state["outstanding"] -= 1
+                ready.set()
+
+            return reply
+
+        async def read() -> None:
+            try:
+                async for frame in request_iterator:
+                    calls = [
+                        Call(
+                            envelope_from_pb(c.envelope), c.wait, c.timeout_ms, reply_for(c.call_id)
+                        )
+                        for c in frame.calls
+                    ]
+                    state["outstanding"] += len(calls)
+                    self._core.submit(calls)
+            finally:
+                state["closed"] = True
+                ready.set()
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                if outbox:
+                    batch = outbox[:]
+                    outbox.clear()
+                    yield pb.ServerFrame(outcomes=batch)
+                if state["closed"] and state["outstanding"] <= 0 and not outbox:
+                    return
+        finally:
+            reader.cancel()
+
+
+async def _abort(context: Any, error: dict[str, Any] | None) -> None:
+    error = error or {"code": errors.INTERNAL, "message": "unknown failure"}
+    code = str(error.get("code", errors.INTERNAL))
+    await context.abort(
+        STATUS_FOR_CODE.get(code, grpc.StatusCode.INTERNAL),
+        f"{code}: {error.get('message', '')}",
+        trailing_metadata=(
+            (CODE_METADATA, code),
+            (ERROR_METADATA, json.dumps(error).encode()),
+        ),
+    )

@@ -1,0 +1,202 @@
+"""Supervisor <-> shard frames over a Unix domain socket.
+
+Wire format (one frame)::
+
+    +----------------------+---------------------------------------------+
+    | length: uint32, BE   | msgpack array of items (tagged, array-like) |
+    +----------------------+---------------------------------------------+
+
+A frame carries every item queued during one event-loop tick, so a burst of messages
+costs one write and one read. Each direction has its own tagged union; new fields get
+defaults and go at the end. The shard opens with ``Hello`` and the supervisor answers
+``Welcome``; a protocol mismatch closes the socket. A clean close (EOF between frames)
+is told apart from a truncated frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 256 * 1024 * 1024  #: bytes; a larger length means a corrupt stream
+_LENGTH = struct.Struct(">I")
+
+
+class _Item(msgspec.Struct, tag=True, array_like=True, omit_defaults=False):
+    pass
+
+
+# ---- shard -> supervisor -------------------------------------------------------------
+
+
+class Hello(_Item):
+    protocol: int
+    shard_index: int
+    pid: int
+
+
+class Ready(_Item):
+    """The handler modules are imported; the shard takes messages."""
+
+
+class Dispatch(_Item):
+    """Make ``dispatched`` durable for this message, then say so with DispatchResult."""
+
+    message_id: str
+
+
+class Outcome(_Item):
+    """The handler finished: ``reply`` (msgpack) on success, ``error`` (AqError dict) else."""
+
+    message_id: str
+    ok: bool
+    reply: bytes = b""
+    error: dict[str, Any] | None = None
+
+
+class WorkerGone(_Item):
+    """The worker of ``entity_key`` was idle and is torn down."""
+
+    entity_key: str
+
+
+class Submit(_Item):
+    """A handler's ``ctx.bus`` send; answered by SubmitResult."""
+
+    request_id: int
+    entity_type: str
+    message: str
+    entity_id: str
+    payload: bytes  # msgpack
+    wait: bool
+    timeout_ms: int
+    message_id: str = ""
+    caller: str = ""  # the sending handler's entity key, for SELF_WAIT
+
+
+class Heartbeat(_Item):
+    workers: int
+    queue_depth: int
+    handled: int
+
+
+# ---- supervisor -> shard -------------------------------------------------------------
+
+
+class Welcome(_Item):
+    protocol: int
+    shard_index: int
+    shard_count: int
+    config: bytes  # aqnode.config.encode_config
+
+
+class Deliver(_Item):
+    """A durable message for a worker of this shard, in per-entity order."""
+
+    message_id: str
+    entity_type: str
+    message: str
+    entity_id: str
+    payload: bytes  # msgpack
+    enqueued_at: float
+    attempt: int = 1
+
+
+class DispatchResult(_Item):
+    message_id: str
+    ok: bool
+    error: dict[str, Any] | None = None
+
+
+class SubmitResult(_Item):
+    request_id: int
+    ok: bool
+    message_id: str = ""
+    reply: bytes = b""
+    error: dict[str, Any] | None = None
+
+
+class Stop(_Item):
+    """Finish running handlers within ``drain_timeout_ms`` and exit."""
+
+    drain_timeout_ms: int
+
+
+ToSupervisor = Hello | Ready | Dispatch | Outcome | WorkerGone | Submit | Heartbeat
+ToShard = Welcome | Deliver | DispatchResult | SubmitResult | Stop
+
+T = TypeVar("T")
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+class FrameChannel(Generic[T]):
+    """One end of a socket: ``send`` queues an item, frames go out once per loop tick."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        incoming: type[T],
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder: msgspec.msgpack.Decoder[list[T]] = msgspec.msgpack.Decoder(list[incoming])  # type: ignore[valid-type]
+        self._pending: list[Any] = []
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, item: Any) -> None:
+        self._pending.append(item)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        items, self._pending = self._pending, []
+        if not items or self._writer.is_closing():
+            return
+        buf = bytearray(_LENGTH.size)
+        self._encoder.encode_into(items, buf, _LENGTH.size)
+        _LENGTH.pack_into(buf, 0, len(buf) - _LENGTH.size)
+        self._writer.write(buf)
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writer.drain()
+
+    async def receive(self) -> list[T] | None:
+        """The next frame's items; ``None`` on a clean close between frames."""
+        try:
+            header = await self._reader.readexactly(_LENGTH.size)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                return None
+            raise ProtocolError("the peer closed in the middle of a frame header") from None
+        (length,) = _LENGTH.unpack(header)
+        if length > MAX_FRAME_BYTES:
+            raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+        try:
+            body = await self._reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise ProtocolError("the peer closed in the middle of a frame") from None
+        try:
+            return self._decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ProtocolError(f"undecodable frame: {exc}") from None
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.is_closing()

@@ -1,0 +1,40 @@
+"""Entity key -> shard, by a consistent-hash ring with virtual nodes.
+
+The hash is blake2b (stable across processes and restarts, unlike ``hash()``), so an
+entity always lands on the same shard for a given shard count.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+
+VNODES_PER_SHARD = 160  #: ring points per shard; evens out the slices
+
+
+def _point(data: str) -> int:
+    return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "big")
+
+
+class HashRing:
+    def __init__(self, shard_count: int, vnodes: int = VNODES_PER_SHARD) -> None:
+        if shard_count < 1:
+            raise ValueError("a ring needs at least one shard")
+        self.shard_count = shard_count
+        points = sorted(
+            (_point(f"shard-{shard}-{v}"), shard)
+            for shard in range(shard_count)
+            for v in range(vnodes)
+        )
+        self._points = [p for p, _ in points]
+        self._shards = [s for _, s in points]
+
+    def shard_for(self, entity_key: str) -> int:
+        if self.shard_count == 1:
+            return 0
+        i = bisect.bisect(self._points, _point(entity_key))
+        return self._shards[i % len(self._shards)]
+
+
+def entity_key(entity_type: str, entity_id: str) -> str:
+    return f"{entity_type}:{entity_id}"

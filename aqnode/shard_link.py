@@ -1,0 +1,142 @@
+"""The supervisor's handle on one shard process: spawn, handshake, frames, exit.
+
+A shard is a fresh interpreter (``python -m aqnode.shard``), never a fork of the serving
+supervisor: gRPC does not survive ``fork()``. It gets one end of a socketpair as an
+inherited file descriptor, so there is no socket path to race on or clean up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aqnode import ipc
+
+log = logging.getLogger("aqnode.supervisor")
+
+READY_TIMEOUT_S = 60.0  #: seconds a shard may take to import its handler modules
+
+
+class ShardLink:
+    def __init__(
+        self,
+        index: int,
+        config_bytes: bytes,
+        shard_count: int,
+        on_items: Callable[[int, list[ipc.ToSupervisor]], None],
+    ) -> None:
+        self.index = index
+        self._config_bytes = config_bytes
+        self._shard_count = shard_count
+        self._on_items = on_items
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: ipc.FrameChannel[ipc.ToSupervisor] | None = None
+        self.ready = False
+        self.started_at = 0.0
+        self.last_heartbeat = 0.0
+        self.workers = 0
+        self.queue_depth = 0
+        self.handled = 0
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def start(self) -> None:
+        """Spawn the shard and wait until it has imported its handlers (``Ready``)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "aqnode.shard",
+                "--fd",
+                str(theirs.fileno()),
+                "--index",
+                str(self.index),
+                "--parent",
+                str(os.getpid()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self.started_at = time.monotonic()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        self.channel = ipc.FrameChannel(reader, writer, ipc.ToSupervisor)  # type: ignore[arg-type]
+        await asyncio.wait_for(self._handshake(self.channel), READY_TIMEOUT_S)
+        self.ready = True
+        self.last_heartbeat = time.monotonic()
+        self._reader = asyncio.get_running_loop().create_task(self._read(self.channel))
+
+    async def _handshake(self, channel: ipc.FrameChannel[ipc.ToSupervisor]) -> None:
+        frame = await channel.receive()
+        if not frame or not isinstance(frame[0], ipc.Hello):
+            raise ConnectionError(f"shard {self.index} closed before saying Hello")
+        channel.send(
+            ipc.Welcome(ipc.PROTOCOL_VERSION, self.index, self._shard_count, self._config_bytes)
+        )
+        while True:
+            frame = await channel.receive()
+            if frame is None:
+                raise ConnectionError(f"shard {self.index} exited before it was ready")
+            if any(isinstance(item, ipc.Ready) for item in frame):
+                return
+
+    async def _read(self, channel: ipc.FrameChannel[ipc.ToSupervisor]) -> None:
+        while True:
+            try:
+                frame = await channel.receive()
+            except ipc.ProtocolError as exc:
+                log.error("shard %d sent a bad frame (%s); closing its socket", self.index, exc)
+                frame = None
+            if frame is None:
+                channel.close()
+                return
+            items: list[ipc.ToSupervisor] = []
+            for item in frame:
+                if isinstance(item, ipc.Heartbeat):
+                    self.last_heartbeat = time.monotonic()
+                    self.workers, self.queue_depth = item.workers, item.queue_depth
+                    self.handled = item.handled
+                else:
+                    items.append(item)
+            if items:
+                self._on_items(self.index, items)
+
+    def send(self, item: Any) -> None:
+        if self.channel is not None:
+            self.channel.send(item)
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; its exit code (negative: killed by a signal)."""
+        assert self.process is not None
+        code = await self.process.wait()
+        self.ready = False
+        if self.channel is not None:
+            self.channel.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        return code
+
+    async def stop(self, drain_timeout_ms: int) -> None:
+        """Ask the shard to drain and exit; kill it if it overstays."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.send(ipc.Stop(drain_timeout_ms))
+        try:
+            await asyncio.wait_for(self.process.wait(), drain_timeout_ms / 1000 + 5)
+        except TimeoutError:
+            log.warning("shard %d did not exit after draining; killing it", self.index)
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()

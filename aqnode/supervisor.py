@@ -1,0 +1,351 @@
+"""The supervisor process: ``aqnode serve``.
+
+One uvloop event loop. It owns the gRPC server, the write-ahead log in Redis, routing
+and the shards' lifecycle; it never runs entity code (it imports the handler modules
+only to know their messages and validate payloads). Signal handlers only record the
+signal; the main loop acts on it. :meth:`Supervisor._reconcile` is the one place that
+starts shards: it compares the wanted shards with the running ones, restarts crashed
+shards with exponential backoff, and halts the node when a shard cannot start at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from aqnode import __version__, errors, procutil
+from aqnode.catalogue import Catalogue, build_catalogue, import_handler_modules
+from aqnode.config import NodeConfig, encode_config
+from aqnode.core import NodeCore
+from aqnode.grpc_service import AqNodeService
+from aqnode.managed_redis import ManagedRedis
+from aqnode.shard_link import ShardLink
+from aqnode.v1 import aqnode_pb2 as pb
+from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
+from aqnode.wal import LogKeys, WriteAheadLog
+
+log = logging.getLogger("aqnode.supervisor")
+
+RESTART_BACKOFF_MIN_S = 0.1  #: seconds before the first restart of a crashed shard
+RESTART_BACKOFF_MAX_S = 10.0  #: seconds; the backoff doubles up to this
+STABLE_AFTER_S = 10.0  #: seconds a shard must live for its crash count to reset
+MAX_FAILED_STARTS = 5  #: shards dying this many times in a row at start halt the node
+REDIS_CONNECT_TIMEOUT_S = 10.0  #: seconds to wait for Redis at start
+
+
+@dataclass
+class ShardSlot:
+    """One wanted shard: its current process (if any) and its crash history."""
+
+    index: int
+    link: ShardLink | None = None
+    failures: int = 0  # crashes in a row without living STABLE_AFTER_S
+    next_start: float = 0.0
+    restarts: int = 0
+
+
+class Supervisor:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.shard_count = config.shard_count()
+        self.slots = [ShardSlot(i) for i in range(self.shard_count)]
+        self.data_dir = Path(config.data_dir)
+        self.started = time.monotonic()
+        self.server_id = ""
+        self.redis_url = ""
+        self.fatal: str | None = None
+        self._events: asyncio.Queue[str] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._managed: ManagedRedis | None = None
+        self._redis: aioredis.Redis | None = None
+        self._server: grpc.aio.Server | None = None
+        self.core: NodeCore | None = None
+
+    # ---- start ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        catalogue = self._load_handlers()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.server_id = self.config.server_id or _persistent_server_id(self.data_dir)
+        await self._connect_redis()
+        assert self._redis is not None
+        wal = WriteAheadLog(
+            self._redis,
+            LogKeys(self.config.key_prefix, self.server_id),
+            entry_ttl_s=self.config.wal.entry_ttl_s,
+            clock=time.time,
+        )
+        await wal.start()
+        self.core = NodeCore(self.config, catalogue, wal, self.shard_count)
+        self._install_signals()
+        reconciler = asyncio.get_running_loop().create_task(self._reconcile_loop())
+        try:
+            await self._wait_first_shards()
+            if self.fatal is None:
+                await self._start_grpc()
+                log.info(
+                    "aqnode %s ready: %s listening on %s, %d shards, redis %s",
+                    __version__,
+                    self.server_id,
+                    self.config.listen,
+                    self.shard_count,
+                    self.redis_url,
+                )
+                await self._main_loop()
+        finally:
+            reconciler.cancel()
+            await self._shutdown()
+        if self.fatal is not None:
+            print(f"aqnode: {self.fatal}", file=sys.stderr, flush=True)
+            return 1
+        return 0
+
+    def _load_handlers(self) -> Catalogue:
+        import_handler_modules(self.config.handlers)
+        defaults = {name: cfg.default_entity_id for name, cfg in self.config.entities.items()}
+        catalogue = build_catalogue(defaults)
+        unknown = sorted(set(self.config.entities) - set(catalogue.entity_types))
+        if unknown:
+            known = ", ".join(sorted(catalogue.entity_types)) or "none"
+            raise errors.StartupError(
+                f"the config has [entities.{unknown[0]}] but no handler module defines entity "
+                f"type {unknown[0]!r} (defined: {known}); fix the name or the handlers list"
+            )
+        if not catalogue.entity_types:
+            raise errors.StartupError(
+                "no handlers: the config's handlers list names no module with @handles functions"
+            )
+        return catalogue
+
+    async def _connect_redis(self) -> None:
+        url = self.config.redis.url
+        if url is None:
+            self._managed = ManagedRedis(self.data_dir)
+            url = await self._managed.start()
+        self.redis_url = url
+        # No client-side retries: a dead Redis must fail fast with REDIS_UNAVAILABLE.
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+        )
+        deadline = time.monotonic() + REDIS_CONNECT_TIMEOUT_S
+        while True:
+            try:
+                await self._redis.ping()
+                return
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise errors.StartupError(f"Redis at {url} does not answer: {exc}") from exc
+                await asyncio.sleep(0.2)
+
+    async def _start_grpc(self) -> None:
+        assert self.core is not None
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_AqNodeServicer_to_server(  # type: ignore[no-untyped-call]
+            AqNodeService(self.core, self.status, self.config.auth_token), server
+        )
+        try:
+            server.add_insecure_port(self.config.listen)
+        except RuntimeError as exc:
+            raise errors.StartupError(f"cannot listen on {self.config.listen}: {exc}") from exc
+        await server.start()
+        self._server = server
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._events.put_nowait, sig.name)
+
+    # ---- run --------------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        while True:
+            event = await self._events.get()
+            if event in ("SIGTERM", "SIGINT"):
+                log.info(
+                    "%s: draining (running handlers get %d ms)", event, self.config.drain_timeout_ms
+                )
+                return
+            if event == "fatal":
+                return
+
+    def _halt(self, reason: str) -> None:
+        self.fatal = reason
+        self._events.put_nowait("fatal")
+        self._wake.set()
+
+    async def _wait_first_shards(self) -> None:
+        while self.fatal is None and not all(s.link and s.link.ready for s in self.slots):
+            self._wake.set()
+            try:
+                await asyncio.wait_for(self._events.get(), 0.05)
+                return  # a signal or a fatal error during start
+            except TimeoutError:
+                continue
+
+    async def _reconcile_loop(self) -> None:
+        while not self._stopping:
+            await self._reconcile()
+            self._wake.clear()
+            now = time.monotonic()
+            due = [s.next_start - now for s in self.slots if s.link is None]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(min(due), 0.01) if due else None)
+
+    async def _reconcile(self) -> None:
+        """Start every wanted shard that is not running and is due; the only place that does."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if (
+                slot.link is None
+                and slot.next_start <= now
+                and not self._stopping
+                and self.fatal is None
+            ):
+                await self._start_shard(slot)
+
+    async def _start_shard(self, slot: ShardSlot) -> None:
+        assert self.core is not None
+        core = self.core
+        link = ShardLink(
+            slot.index, encode_config(self.config), self.shard_count, core.on_shard_items
+        )
+        slot.link = link
+        try:
+            await link.start()
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            link.kill()
+            code = await link.wait() if link.process is not None else None
+            self._shard_failed(
+                slot, f"shard {slot.index} failed to start ({exc}; exit code {code})", code
+            )
+            return
+        core.shard_up(slot.index, link.send)
+        asyncio.get_running_loop().create_task(self._watch(slot, link))
+
+    async def _watch(self, slot: ShardSlot, link: ShardLink) -> None:
+        code = await link.wait()
+        if self._stopping:
+            return
+        assert self.core is not None
+        self.core.shard_down(slot.index)
+        lived = time.monotonic() - link.started_at
+        if lived >= STABLE_AFTER_S:
+            slot.failures = 0
+        log.error(
+            "shard %d (pid %s) exited with code %s after %.1fs", slot.index, link.pid, code, lived
+        )
+        self._shard_failed(slot, f"shard {slot.index} keeps exiting (last exit code {code})", code)
+
+    def _shard_failed(self, slot: ShardSlot, reason: str, code: int | None) -> None:
+        slot.link = None
+        slot.failures += 1
+        if code in (procutil.EXIT_IMPORT_ERROR, procutil.EXIT_BOOT_ERROR):
+            self._halt(f"{reason}: the shard cannot start; see its error above")
+            return
+        if slot.failures >= MAX_FAILED_STARTS:
+            self._halt(f"{reason}, {slot.failures} times in a row; stopping the node")
+            return
+        delay = min(RESTART_BACKOFF_MIN_S * 2 ** (slot.failures - 1), RESTART_BACKOFF_MAX_S)
+        slot.next_start = time.monotonic() + delay
+        slot.restarts += 1
+        log.warning("restarting shard %d in %.1fs", slot.index, delay)
+        self._wake.set()
+
+    # ---- stop -------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        if self.core is not None:
+            self.core.draining = True
+        links = [s.link for s in self.slots if s.link is not None]
+        await asyncio.gather(*(link.stop(self.config.drain_timeout_ms) for link in links))
+        if self.core is not None:
+            await self.core.wal.flush()
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._managed is not None:
+            await self._managed.stop()
+
+    # ---- status -----------------------------------------------------------------------
+
+    def status(self) -> pb.StatusReply:
+        shards = []
+        for slot in self.slots:
+            link = slot.link
+            info = pb.ShardStatus(index=slot.index, restarts=slot.restarts)
+            if link is not None and link.pid is not None:
+                info.pid = link.pid
+                info.alive = link.ready
+                info.workers, info.queue_depth, info.handled = (
+                    link.workers,
+                    link.queue_depth,
+                    link.handled,
+                )
+                try:
+                    proc = psutil.Process(link.pid)
+                    info.rss_bytes = proc.memory_info().rss
+                    info.cpu_percent = proc.cpu_percent(interval=None)
+                except psutil.Error:
+                    info.alive = False
+            shards.append(info)
+        return pb.StatusReply(
+            server_id=self.server_id,
+            service_group=self.config.service_group,
+            listen=self.config.listen,
+            role="standalone",
+            master=self.server_id,
+            epoch=0,
+            pid=os.getpid(),
+            uptime_s=time.monotonic() - self.started,
+            shards=shards,
+            live_messages=len(self.core.live) if self.core else 0,
+            version=__version__,
+        )
+
+
+def _persistent_server_id(data_dir: Path) -> str:
+    """A node id generated once and kept in data_dir, so a restart finds its own log."""
+    path = data_dir / "server_id"
+    if path.exists():
+        return path.read_text().strip()
+    server_id = f"node-{secrets.token_hex(4)}"
+    path.write_text(server_id + "\n")
+    return server_id
+
+
+def serve(config: NodeConfig) -> int:
+    """Run a node until SIGTERM/SIGINT; the process's exit code."""
+    logging.basicConfig(
+        level=logging.DEBUG if config.verbose else logging.INFO,
+        format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    supervisor = Supervisor(config)
+    try:
+        return procutil.run(supervisor.run())
+    except errors.StartupError as exc:
+        print(f"aqnode: {exc}", file=sys.stderr, flush=True)
+        return 2

@@ -1,0 +1,39 @@
+"""Every Redis key name the write-ahead log uses, in one place.
+
+All keys of one node share the hash tag ``{<node id>}``, so that a Lua script that
+touches a batch of entries touches one slot and runs unchanged on Redis Cluster::
+
+    <prefix>:{<node>}:seq          string   the node's sequence counter
+    <prefix>:{<node>}:live         zset     id -> sequence, every non-terminal entry
+    <prefix>:{<node>}:done         zset     id -> finished_at, terminal entries to clean
+    <prefix>:{<node>}:m:<id>       hash     one message (state, payload, times, outcome)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LogKeys:
+    prefix: str
+    node_id: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{{self.node_id}}}"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.base}:seq"
+
+    @property
+    def live(self) -> str:
+        return f"{self.base}:live"
+
+    @property
+    def done(self) -> str:
+        return f"{self.base}:done"
+
+    def entry(self, message_id: str) -> str:
+        return f"{self.base}:m:{message_id}"

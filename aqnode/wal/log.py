@@ -1,0 +1,242 @@
+"""The write-ahead log: atomic Lua transitions, applied by group commit.
+
+Callers hand in a batch of transitions with a callback and return at once. One commit
+task takes everything pending, sends it to Redis as one pipeline (one EVALSHA per
+transition kind and chunk) and calls the callbacks in commit order. While a commit is in
+flight the next batch gathers; a lone transition commits on the next loop iteration,
+without any fixed delay. One commit at a time keeps the log's order equal to call order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from aqnode import errors
+from aqnode.wal.keys import LogKeys
+
+log = logging.getLogger("aqnode.wal")
+
+Result = list[Any]  # per transition: 1 or a sequence number on success, else a state string
+Callback = Callable[[Result | errors.AqError], None]
+
+#: The order kinds are applied in within one commit: an outcome lands before the next
+#: dispatch of the same entity that travelled in the same frame.
+KINDS: Final = ("finish", "dispatch", "enqueue")
+MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVALSHA; bounds one script's run time
+
+
+@dataclass(slots=True)
+class EnqueueEntry:
+    message_id: str
+    entity_type: str
+    message: str
+    entity_id: str
+    payload: bytes
+    enqueued_at: float
+
+
+@dataclass(slots=True)
+class FinishEntry:
+    message_id: str
+    state: str  # "completed" | "failed"
+    reply: bytes
+    error: bytes
+
+
+@dataclass(slots=True)
+class _Request:
+    kind: str
+    items: Sequence[Any]
+    done: Callback
+
+
+class WriteAheadLog:
+    """Durable message states in Redis; every method is non-blocking and group-committed."""
+
+    def __init__(
+        self, client: aioredis.Redis, keys: LogKeys, *, entry_ttl_s: int, clock: Callable[[], float]
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self._ttl = entry_ttl_s
+        self._clock = clock
+        self._sources = {kind: _load_lua(kind) for kind in ("enqueue", "dispatch", "finish")}
+        self._shas: dict[str, str] = {}
+        self._pending: list[_Request] = []
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0  #: pipelines sent, for metrics and benchmarks
+        self.committed = 0  #: transitions applied
+
+    async def start(self) -> None:
+        await self._load_scripts()
+
+    async def _load_scripts(self) -> None:
+        for kind, source in self._sources.items():
+            self._shas[kind] = await self.redis.script_load(source)
+
+    # ---- the transitions -------------------------------------------------------------
+
+    def enqueue(self, entries: Sequence[EnqueueEntry], done: Callback) -> None:
+        self._add(_Request("enqueue", entries, done))
+
+    def dispatch(self, message_ids: Sequence[str], done: Callback) -> None:
+        self._add(_Request("dispatch", message_ids, done))
+
+    def finish(self, entries: Sequence[FinishEntry], done: Callback) -> None:
+        self._add(_Request("finish", entries, done))
+
+    async def read_entry(self, message_id: str) -> dict[str, Any]:
+        """One entry's fields (text fields as str, ``payload``/``reply``/``error`` as bytes)."""
+        try:
+            raw = await self.redis.hgetall(self.keys.entry(message_id))
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise errors.RedisUnavailable(f"Redis did not answer ({exc}); try again") from exc
+        binary = {"payload", "reply", "error"}
+        fields: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            fields[name] = value if name in binary or isinstance(value, str) else value.decode()
+        return fields
+
+    async def flush(self) -> None:
+        """Wait until everything handed in so far is committed (or failed)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    # ---- group commit ----------------------------------------------------------------
+
+    def _add(self, request: _Request) -> None:
+        self._pending.append(request)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._commit_loop())
+
+    async def _commit_loop(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._commit(batch)
+        finally:
+            self._task = None
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        now = repr(self._clock())
+        calls: list[tuple[str, list[Any]]] = []  # (kind, EVALSHA arguments after the sha)
+        spans: list[tuple[_Request, int, int]] = []  # request, first call, first item
+        for kind in KINDS:
+            requests = [r for r in batch if r.kind == kind]
+            if not requests:
+                continue
+            items: list[Any] = []
+            first_call = len(calls)
+            for request in requests:
+                spans.append((request, first_call, len(items)))
+                items.extend(request.items)
+            for start in range(0, len(items), MAX_SCRIPT_BATCH):
+                calls.append(
+                    (kind, self._script_args(kind, items[start : start + MAX_SCRIPT_BATCH], now))
+                )
+        try:
+            replies = await self._execute(calls)
+        except errors.AqError as exc:
+            for request, _, _ in spans:
+                _call(request.done, exc)
+            return
+        self.commits += 1
+        for request, first_call, first_item in spans:
+            self._deliver(request, replies, first_call, first_item)
+
+    def _deliver(
+        self,
+        request: _Request,
+        replies: list[Any],
+        first_call: int,
+        first_item: int,
+    ) -> None:
+        results: list[Any] = []
+        index = first_item
+        for _ in request.items:
+            call = first_call + index // MAX_SCRIPT_BATCH
+            reply = replies[call]
+            if isinstance(reply, Exception):
+                _call(request.done, _translate(reply))
+                return
+            value = reply[index % MAX_SCRIPT_BATCH]
+            results.append(value.decode() if isinstance(value, bytes) else value)
+            index += 1
+        self.committed += len(results)
+        _call(request.done, results)
+
+    def _script_args(self, kind: str, items: Sequence[Any], now: str) -> list[Any]:
+        keys = self.keys
+        if kind == "dispatch":
+            return [len(items), *(keys.entry(mid) for mid in items), now]
+        if kind == "finish":
+            args: list[Any] = [len(items) + 2, keys.live, keys.done]
+            args.extend(keys.entry(e.message_id) for e in items)
+            args.append(now)
+            for e in items:
+                args.extend((e.message_id, e.state, e.reply, e.error))
+            return args
+        args = [len(items) + 2, keys.seq, keys.live]
+        args.extend(keys.entry(e.message_id) for e in items)
+        args.append(self._ttl)
+        for e in items:
+            args.extend(
+                (
+                    e.message_id,
+                    e.entity_type,
+                    e.message,
+                    e.entity_id,
+                    e.payload,
+                    repr(e.enqueued_at),
+                )
+            )
+        return args
+
+    async def _execute(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Run the calls in one pipeline; reload scripts once if Redis forgot them."""
+        try:
+            replies = await self._pipeline(calls)
+            missing = [
+                i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
+            ]
+            if missing:
+                await self._load_scripts()
+                again = await self._pipeline([calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+            return replies
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise errors.RedisUnavailable(
+                f"Redis did not answer ({exc}); nothing was written, try again when it is back"
+            ) from exc
+
+    async def _pipeline(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, args in calls:
+            pipe.evalsha(self._shas[kind], *args)
+        result: list[Any] = await pipe.execute(raise_on_error=False)
+        return result
+
+
+def _translate(exc: Exception) -> errors.AqError:
+    return errors.AqError(f"the write-ahead log refused a transition: {exc}")
+
+
+def _call(done: Callback, value: Result | errors.AqError) -> None:
+    try:
+        done(value)
+    except Exception:  # a callback bug must not stall the log for everyone else
+        log.exception("write-ahead log callback failed")
+
+
+def _load_lua(kind: str) -> str:
+    return resources.files("aqnode.wal").joinpath("lua", f"{kind}.lua").read_text()
