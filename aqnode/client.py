@@ -8,6 +8,7 @@ fires many ``enqueue`` calls without awaiting each one still gets FIFO and group
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import threading
@@ -72,9 +73,14 @@ class Client(Bus):
             ]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        if self._stream is not None:
+            # A half-close first: the node finishes the stream, nothing is left pending.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await self._stream.done_writing()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._stream is not None:
             self._stream.cancel()
             self._stream = None

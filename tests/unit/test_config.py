@@ -91,7 +91,7 @@ def config_error(text: str) -> ConfigError:
 
 def test_example_file_parses() -> None:
     cfg = load_config(EXAMPLE)
-    assert cfg.handlers == ["examples.bank.handlers"]
+    assert cfg.handlers == ["aqnode.examples.bank"]
     assert cfg.shards == 2
     assert cfg.shard_count() == 2
     assert cfg.redis.url is None  # the embedded Redis

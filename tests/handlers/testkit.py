@@ -1,0 +1,171 @@
+"""Handlers for the integration tests. Each execution is recorded in Redis.
+
+The shard reads ``AQ_TEST_REDIS_URL`` (set by tests/node_fixture.py) so that tests can
+see, from outside the node, what ran, where and in which order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import msgspec
+import redis
+import redis.asyncio as aioredis
+
+from aqnode import Command, Context, Query, entity_type, handles
+
+NODE_ID = "test-node"  # tests/node_fixture.py sets server_id to this
+_client: aioredis.Redis | None = None
+_sync_client: redis.Redis | None = None
+
+
+def store() -> aioredis.Redis:
+    global _client
+    if _client is None:
+        _client = aioredis.Redis.from_url(os.environ["AQ_TEST_REDIS_URL"])
+    return _client
+
+
+def sync_store() -> redis.Redis:
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(os.environ["AQ_TEST_REDIS_URL"])
+    return _sync_client
+
+
+class Counted(msgspec.Struct):
+    name: str
+    value: int
+
+
+@entity_type("counter", id_field="name")
+class Incr(Command[Counted]):
+    """Read-modify-write with an await between the read and the write."""
+
+    name: str
+    by: int = 1
+    sender: str = ""
+    seq: int = 0
+
+
+@entity_type("counter", id_field="name")
+class Get(Query[int]):
+    name: str
+
+
+@entity_type("counter", id_field="name")
+class Sleep(Command[None]):
+    name: str
+    ms: int
+
+
+@entity_type("counter", id_field="name")
+class Fail(Command[None]):
+    name: str
+    text: str
+
+
+@entity_type("counter", id_field="name")
+class WhoRuns(Command[int]):
+    """Returns the shard's pid and records it."""
+
+    name: str
+
+
+@entity_type("counter", id_field="name")
+class OwnState(Command[str]):
+    """Returns this message's own state in the write-ahead log, read while it runs."""
+
+    name: str
+
+
+@entity_type("counter", id_field="name")
+class WaitOnSelf(Command[str]):
+    name: str
+
+
+@entity_type("counter", id_field="name")
+class Forward(Command[int]):
+    """Sends Incr to another counter through ctx.bus and waits for it."""
+
+    name: str
+    to: str
+
+
+@entity_type("counter", id_field="name")
+class BlockingWork(Command[float]):
+    """A plain def: runs in a thread; returns when it started."""
+
+    name: str
+    ms: int
+
+
+@handles(Incr)
+async def incr(msg: Incr, ctx: Context) -> Counted:
+    r = store()
+    value = int(await r.get(f"t:counter:{msg.name}") or 0)
+    await asyncio.sleep(0.001)  # a lost update would show here
+    value += msg.by
+    await r.set(f"t:counter:{msg.name}", value)
+    if msg.sender:
+        await r.rpush(f"t:order:{msg.name}:{msg.sender}", msg.seq)
+    await r.rpush("t:ran", ctx.message_id)
+    return Counted(msg.name, value)
+
+
+@handles(Get)
+async def get(msg: Get, ctx: Context) -> int:
+    return int(await store().get(f"t:counter:{msg.name}") or 0)
+
+
+@handles(Sleep)
+async def sleep(msg: Sleep, ctx: Context) -> None:
+    await store().sadd("t:pids", os.getpid())
+    await asyncio.sleep(msg.ms / 1000)
+    await store().rpush("t:slept", f"{msg.name}:{ctx.message_id}")
+
+
+@handles(Fail)
+async def fail(msg: Fail, ctx: Context) -> None:
+    raise ValueError(msg.text)
+
+
+@handles(WhoRuns)
+async def who_runs(msg: WhoRuns, ctx: Context) -> int:
+    await store().sadd("t:pids", os.getpid())
+    await store().rpush(f"t:pid:{msg.name}", os.getpid())
+    return os.getpid()
+
+
+@handles(OwnState)
+async def own_state(msg: OwnState, ctx: Context) -> str:
+    prefix = os.environ.get("AQ_TEST_KEY_PREFIX", "aq")
+    state = await store().hget(f"{prefix}:{{{NODE_ID}}}:m:{ctx.message_id}", "state")
+    return (state or b"missing").decode()
+
+
+@handles(WaitOnSelf)
+async def wait_on_self(msg: WaitOnSelf, ctx: Context) -> str:
+    from aqnode.errors import AqError
+
+    try:
+        await ctx.bus.enqueue_and_wait(Get(name=msg.name))
+    except AqError as exc:
+        return exc.code
+    return "no error"
+
+
+@handles(Forward)
+async def forward(msg: Forward, ctx: Context) -> int:
+    result = await ctx.bus.enqueue_and_wait(Incr(name=msg.to))
+    return result.value
+
+
+@handles(BlockingWork)
+def blocking_work(msg: BlockingWork, ctx: Context) -> float:
+    started = time.time()
+    time.sleep(msg.ms / 1000)  # blocks its thread only
+    sync_store().rpush("t:blocking", msg.name)
+    return started
