@@ -25,12 +25,18 @@ from aqnode.bus import Envelope, SendResult
 from aqnode.catalogue import JSON, Catalogue
 from aqnode.config import NodeConfig
 from aqnode.router import HashRing, entity_key
-from aqnode.wal import EnqueueEntry, FinishEntry, WriteAheadLog
+from aqnode.wal import EnqueueEntry, FinishEntry, InterruptEntry, RetryEntry, WriteAheadLog
 
 log = logging.getLogger("aqnode.core")
 
 Reply = Callable[[SendResult], None]
-FINISH_RETRY_S = 0.2  #: seconds between attempts to record an outcome while Redis is away
+LOG_RETRY_S = 0.2  #: seconds between attempts to record a transition while Redis is away
+#: on_interrupt = "retry" re-runs an interrupted message at most this many times in all
+#: (or max_attempts, if higher), so that a message that kills its shard cannot loop.
+INTERRUPT_RETRY_FLOOR = 3
+#: Message states the supervisor tracks. `dispatching`, `retrying` and `interrupting` are
+#: in flight to the log: a restarted shard gets its queue only once none are left.
+SETTLED = frozenset({"enqueued", "dispatched"})
 
 
 @dataclass(slots=True)
@@ -61,7 +67,7 @@ class LiveMessage:
     payload: bytes
     enqueued_at: float
     shard: int
-    state: str = "enqueued"
+    state: str = "enqueued"  # enqueued|dispatching|dispatched|retrying|interrupting
     attempt: int = 1
     waiters: list[Waiter] = field(default_factory=list)
 
@@ -88,10 +94,17 @@ class _Admitted:
 
 
 class ShardPort:
-    """What the core needs of a shard: send it items, if it is up."""
+    """What the core needs of a shard: send it items, if it is up.
+
+    ``generation`` changes with every (re)start, so a log result that comes back after its
+    shard died is recognised as stale. ``open`` is false until a restarted shard has been
+    handed its queue in log order; new messages wait behind it meanwhile (FIFO).
+    """
 
     def __init__(self) -> None:
         self.send: Callable[[Any], None] | None = None  # None while the shard is down
+        self.generation = 0
+        self.open = False
 
 
 class NodeCore:
@@ -105,6 +118,7 @@ class NodeCore:
         self.depth: dict[str, int] = {}  # entity key -> live messages (admitted, not finished)
         self.workers: set[str] = set()  # entity keys with a worker in some shard
         self.draining = False
+        self.redis_ok = True  # set by the supervisor's health check
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
         self._entity_limits = {
@@ -144,6 +158,11 @@ class NodeCore:
             raise errors.Draining(
                 "the node is shutting down and takes no new messages; "
                 "retry on another node or after it restarts"
+            )
+        if not self.redis_ok:
+            raise errors.RedisUnavailable(
+                "Redis is not answering, so nothing can be made durable; nothing was "
+                "written; retry when it is back"
             )
         env = call.envelope
         spec, entity_id, payload = self.catalogue.validate(
@@ -223,7 +242,7 @@ class NodeCore:
             )
             self.live[a.message_id] = msg
             port = self.ports[shard]
-            if port.send is not None:
+            if port.open and port.send is not None:
                 port.send(msg.deliver_item())
             if a.call.wait:
                 self._add_waiter(msg, a.call)
@@ -298,11 +317,20 @@ class NodeCore:
     def on_shard_items(self, shard: int, items: list[ipc.ToSupervisor]) -> None:
         dispatches: list[str] = []
         finishes: list[tuple[LiveMessage, ipc.Outcome]] = []
+        retries: list[tuple[LiveMessage, ipc.Retry]] = []
         submits: list[Call] = []
         port = self.ports[shard]
         for item in items:
             if isinstance(item, ipc.Dispatch):
                 dispatches.append(item.message_id)
+                msg = self.live.get(item.message_id)
+                if msg is not None:
+                    msg.state = "dispatching"
+            elif isinstance(item, ipc.Retry):
+                msg = self.live.get(item.message_id)
+                if msg is not None:
+                    msg.state = "retrying"
+                    retries.append((msg, item))
             elif isinstance(item, ipc.Outcome):
                 msg = self.live.get(item.message_id)
                 if msg is not None:
@@ -313,8 +341,13 @@ class NodeCore:
                 self.workers.discard(item.entity_key)
         if finishes:
             self._finish(finishes)
+        if retries:
+            self._retry(port, port.generation, retries)
         if dispatches:
-            self.wal.dispatch(dispatches, lambda result: self._dispatched(port, dispatches, result))
+            generation = port.generation
+            self.wal.dispatch(
+                dispatches, lambda result: self._dispatched(port, generation, dispatches, result)
+            )
         if submits:
             self.submit(submits)
 
@@ -333,21 +366,28 @@ class NodeCore:
         return Call(env, item.wait, item.timeout_ms, reply, item.caller)
 
     def _dispatched(
-        self, port: ShardPort, ids: list[str], result: list[Any] | errors.AqError
+        self, port: ShardPort, generation: int, ids: list[str], result: list[Any] | errors.AqError
     ) -> None:
-        if isinstance(result, errors.AqError):
-            error = result.to_dict()
-            if port.send is not None:
-                for mid in ids:
-                    port.send(ipc.DispatchResult(mid, False, error))
-            return
-        for mid, outcome in zip(ids, result, strict=True):
+        stale = port.generation != generation  # the shard that asked has died since
+        outcomes: list[Any] = (
+            [result] * len(ids) if isinstance(result, errors.AqError) else list(result)
+        )
+        lost: list[LiveMessage] = []
+        for mid, outcome in zip(ids, outcomes, strict=True):
             msg = self.live.get(mid)
             if outcome == 1:
                 if msg is not None:
                     msg.state = "dispatched"
-                if port.send is not None:
+                    if stale:  # durable `dispatched`, but nobody will run it: interrupted
+                        lost.append(msg)
+                if not stale and port.send is not None:
                     port.send(ipc.DispatchResult(mid, True))
+                continue
+            if isinstance(outcome, errors.AqError):  # not durable: still `enqueued`
+                if msg is not None:
+                    msg.state = "enqueued"
+                if not stale and port.send is not None:
+                    port.send(ipc.DispatchResult(mid, False, outcome.to_dict()))
                 continue
             problem = errors.AqError(
                 f"message {mid} was {outcome} in the write-ahead log, not enqueued, "
@@ -356,8 +396,38 @@ class NodeCore:
             log.error("%s", problem.message)
             if msg is not None:
                 self._drop(msg, _failure(mid, problem))
-            if port.send is not None:
+            if not stale and port.send is not None:
                 port.send(ipc.DispatchResult(mid, False, problem.to_dict()))
+        if lost:
+            self._interrupt(lost)
+        if stale:
+            self._try_open(self.ports.index(port))
+
+    def _retry(
+        self, port: ShardPort, generation: int, retries: list[tuple[LiveMessage, ipc.Retry]]
+    ) -> None:
+        entries = [RetryEntry(m.message_id, msgspec.msgpack.encode(r.error)) for m, r in retries]
+
+        def done(result: list[Any] | errors.AqError) -> None:
+            outcomes = [result] * len(retries) if isinstance(result, errors.AqError) else result
+            stale = port.generation != generation
+            for (msg, _), outcome in zip(retries, outcomes, strict=True):
+                ok = outcome in (1, "enqueued")
+                if ok:
+                    msg.state, msg.attempt = "enqueued", msg.attempt + 1
+                else:
+                    msg.state = "dispatched"  # still durable as dispatched
+                if stale:
+                    continue
+                if port.send is not None:
+                    error = outcome.to_dict() if isinstance(outcome, errors.AqError) else None
+                    port.send(ipc.RetryResult(msg.message_id, ok, error))
+            if stale:
+                # The shard died waiting: whatever is `dispatched` still is interrupted.
+                self._interrupt([m for m, _ in retries if m.state == "dispatched"])
+                self._try_open(self.ports.index(port))
+
+        self.wal.retry(entries, done)
 
     def _finish(self, finishes: list[tuple[LiveMessage, ipc.Outcome]]) -> None:
         entries = [
@@ -366,6 +436,7 @@ class NodeCore:
                 "completed" if o.ok else "failed",
                 o.reply,
                 msgspec.msgpack.encode(o.error) if o.error else b"",
+                dead=not o.ok,  # a shard reports failure only once no attempt is left
             )
             for msg, o in finishes
         ]
@@ -377,7 +448,7 @@ class NodeCore:
         if isinstance(result, errors.AqError):
             # The handler ran but its outcome is not durable yet: keep trying, the message
             # stays `dispatched` meanwhile (never guessed, never re-run).
-            asyncio.get_running_loop().call_later(FINISH_RETRY_S, self._finish, finishes)
+            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._finish, finishes)
             return
         for (msg, outcome), status in zip(finishes, result, strict=True):
             if status != 1:
@@ -390,11 +461,14 @@ class NodeCore:
             else:
                 self._drop(msg, SendResult(msg.message_id, False, error=outcome.error))
 
-    def _drop(self, msg: LiveMessage, result: SendResult) -> None:
-        self._drop_each(msg, lambda _w: result)
+    def _drop(self, msg: LiveMessage, result: SendResult, *, keep: bool = False) -> None:
+        self._drop_each(msg, lambda _w: result, keep=keep)
 
-    def _drop_each(self, msg: LiveMessage, result_for: Callable[[Waiter], SendResult]) -> None:
-        if self.live.pop(msg.message_id, None) is not None:
+    def _drop_each(
+        self, msg: LiveMessage, result_for: Callable[[Waiter], SendResult], *, keep: bool = False
+    ) -> None:
+        """Answer every waiter; unless ``keep``, forget the message (it is finished)."""
+        if not keep and self.live.pop(msg.message_id, None) is not None:
             self._release(msg.key)
         for waiter in msg.waiters:
             if waiter.timer is not None:
@@ -405,29 +479,131 @@ class NodeCore:
     # ---- shard lifecycle -------------------------------------------------------------
 
     def shard_up(self, shard: int, send: Callable[[Any], None]) -> None:
-        """A (re)started shard is ready: hand it its queued messages in log order."""
+        """A (re)started shard is ready: it gets its queue once nothing is in flight."""
         port = self.ports[shard]
         port.send = send
-        for msg in self.live.values():
-            if msg.shard == shard and msg.state == "enqueued":
-                send(msg.deliver_item())
+        port.generation += 1
+        port.open = False
+        self._try_open(shard)
+
+    def _try_open(self, shard: int) -> None:
+        """Hand a restarted shard its queued messages in log order, then let new ones flow.
+
+        Waits while any of its messages is still in flight to the log: one of them might
+        come back `enqueued` and must run before the entity's later messages.
+        """
+        port = self.ports[shard]
+        if port.open or port.send is None:
+            return
+        mine = [m for m in self.live.values() if m.shard == shard]
+        if any(m.state not in SETTLED for m in mine):
+            return
+        for msg in mine:
+            if msg.state == "enqueued":
+                port.send(msg.deliver_item())
+        port.open = True
 
     def shard_down(self, shard: int) -> None:
         """A shard died: what it may have started is interrupted; its queue waits for it."""
-        self.ports[shard].send = None
-        for msg in list(self.live.values()):
-            if msg.shard == shard and msg.state == "dispatched":
-                self._drop(
-                    msg,
-                    _failure(
-                        msg.message_id,
-                        errors.Interrupted(
-                            f"shard {shard} died while message {msg.message_id} may have "
-                            "been running; it was not run again (strictly once, fail if "
-                            "interrupted)"
-                        ),
+        port = self.ports[shard]
+        port.send = None
+        port.open = False
+        port.generation += 1
+        self._interrupt(
+            [m for m in self.live.values() if m.shard == shard and m.state == "dispatched"]
+        )
+
+    def _interrupt(self, messages: list[LiveMessage]) -> None:
+        """Dead-letter (or, with on_interrupt = "retry", requeue) messages a crash cut off."""
+        if not messages:
+            return
+        entries = []
+        for msg in messages:
+            msg.state = "interrupting"
+            error = errors.Interrupted(
+                f"shard {msg.shard} died while message {msg.message_id} may have been running; "
+                "the system does not run it again (strictly once, fail if interrupted)"
+            )
+            retry = self._retries_on_interrupt(msg)
+            if not retry:  # its fate is sealed: tell waiters now, not after the log write
+                self._drop(msg, _failure(msg.message_id, error), keep=True)
+            entries.append(
+                InterruptEntry(msg.message_id, retry, msgspec.msgpack.encode(error.to_dict()))
+            )
+        self.wal.interrupt(entries, lambda result: self._interrupted(messages, result))
+
+    def _retries_on_interrupt(self, msg: LiveMessage) -> bool:
+        if self.config.entity(msg.entity_type).on_interrupt != "retry":
+            return False
+        limit = max(self.config.retry_for(msg.entity_type).max_attempts, INTERRUPT_RETRY_FLOOR)
+        return msg.attempt < limit
+
+    def _interrupted(self, messages: list[LiveMessage], result: list[Any] | errors.AqError) -> None:
+        if isinstance(result, errors.AqError):
+            for msg in messages:
+                msg.state = "dispatched"
+            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._interrupt, messages)
+            return
+        shards = set()
+        for msg, outcome in zip(messages, result, strict=True):
+            shards.add(msg.shard)
+            if outcome == "enqueued":
+                msg.state, msg.attempt = "enqueued", msg.attempt + 1
+                continue
+            if outcome == "interrupted":
+                self.counters["dead_lettered"] = self.counters.get("dead_lettered", 0) + 1
+            else:
+                log.error("interrupting %s: it was %s in the log", msg.message_id, outcome)
+            self._drop(
+                msg,
+                _failure(
+                    msg.message_id,
+                    errors.Interrupted(
+                        f"message {msg.message_id} was interrupted by a crash and dead-lettered"
                     ),
-                )
+                ),
+            )
+        for shard in shards:
+            self._try_open(shard)
+
+    # ---- recovery --------------------------------------------------------------------
+
+    async def recover(self, entries: list[dict[str, Any]]) -> tuple[int, int]:
+        """Rebuild the live set from the log at start: `enqueued` entries run again in log
+        order; `dispatched` ones are interrupted. Returns (requeued, interrupted)."""
+        interrupted: list[LiveMessage] = []
+        for fields in entries:
+            key = entity_key(fields["entity_type"], fields["entity_id"])
+            msg = LiveMessage(
+                fields["id"],
+                fields["entity_type"],
+                fields["message"],
+                fields["entity_id"],
+                key,
+                fields["payload"],
+                float(fields.get("enqueued_at", 0.0)),
+                self.ring.shard_for(key),
+                state=fields["state"],
+                attempt=int(fields.get("attempts", 0)) + 1,
+            )
+            if msg.state == "dispatched":
+                msg.attempt -= 1  # the interrupted run was that attempt
+                interrupted.append(msg)
+            elif msg.state != "enqueued":
+                continue
+            self.live[msg.message_id] = msg
+            self.depth[key] = self.depth.get(key, 0) + 1
+            self.workers.add(key)
+        if interrupted:
+            self._interrupt(interrupted)
+            await self._settled()
+        requeued = sum(1 for m in self.live.values() if m.state == "enqueued")
+        return requeued, len(interrupted)
+
+    async def _settled(self) -> None:
+        """Wait until no message is in flight to the log (recovery's interrupts landed)."""
+        while any(m.state not in SETTLED for m in self.live.values()):
+            await asyncio.sleep(0.01)
 
 
 def _failure(message_id: str, exc: errors.AqError) -> SendResult:

@@ -58,6 +58,14 @@ class Outcome(_Item):
     error: dict[str, Any] | None = None
 
 
+class Retry(_Item):
+    """The handler failed with attempts left: make ``enqueued`` durable again (head of
+    line), then say so with RetryResult; the worker re-dispatches it after the backoff."""
+
+    message_id: str
+    error: dict[str, Any]
+
+
 class WorkerGone(_Item):
     """The worker of ``entity_key`` was idle and is torn down."""
 
@@ -112,6 +120,12 @@ class DispatchResult(_Item):
     error: dict[str, Any] | None = None
 
 
+class RetryResult(_Item):
+    message_id: str
+    ok: bool
+    error: dict[str, Any] | None = None
+
+
 class SubmitResult(_Item):
     request_id: int
     ok: bool
@@ -126,8 +140,8 @@ class Stop(_Item):
     drain_timeout_ms: int
 
 
-ToSupervisor = Hello | Ready | Dispatch | Outcome | WorkerGone | Submit | Heartbeat
-ToShard = Welcome | Deliver | DispatchResult | SubmitResult | Stop
+ToSupervisor = Hello | Ready | Dispatch | Outcome | Retry | WorkerGone | Submit | Heartbeat
+ToShard = Welcome | Deliver | DispatchResult | RetryResult | SubmitResult | Stop
 
 T = TypeVar("T")
 

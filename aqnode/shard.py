@@ -52,9 +52,7 @@ class Shard:
 
     def start_pool(self, config: NodeConfig) -> None:
         catalogue = build_catalogue({n: e.default_entity_id for n, e in config.entities.items()})
-        timeouts = {n: e.worker_idle_timeout_ms / 1000 for n, e in config.entities.items()}
-        default = config.entity("").worker_idle_timeout_ms / 1000
-        self.pool = WorkerPool(catalogue, self.channel.send, self.bus, timeouts, default)
+        self.pool = WorkerPool(config, catalogue, self.channel.send, self.bus)
 
     async def serve(self, heartbeat_s: float) -> int:
         assert self.pool is not None
@@ -84,15 +82,15 @@ class Shard:
             for item in frame:
                 if isinstance(item, ipc.Deliver):
                     pool.deliver(item)
-                elif isinstance(item, ipc.DispatchResult):
-                    pool.dispatch_result(item)
+                elif isinstance(item, ipc.DispatchResult | ipc.RetryResult):
+                    pool.log_result(item)
                 elif isinstance(item, ipc.SubmitResult):
                     self.bus.resolve(item)
                 elif isinstance(item, ipc.Stop):
                     asyncio.get_running_loop().create_task(self._drain(pool, item))
 
     async def _drain(self, pool: WorkerPool, stop: ipc.Stop) -> None:
-        pool.draining = True
+        pool.start_draining()
         finished = await pool.wait_idle(stop.drain_timeout_ms / 1000)
         if not finished:
             log.warning("shard %d: handlers still running at the drain time-out", self.index)

@@ -8,6 +8,7 @@ inherited file descriptor, so there is no socket path to race on or clean up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from aqnode import ipc
 log = logging.getLogger("aqnode.supervisor")
 
 READY_TIMEOUT_S = 60.0  #: seconds a shard may take to import its handler modules
+READ_AFTER_EXIT_S = 1.0  #: seconds to finish reading a dead shard's last frames
 
 
 class ShardLink:
@@ -120,10 +122,13 @@ class ShardLink:
         assert self.process is not None
         code = await self.process.wait()
         self.ready = False
+        if self._reader is not None:
+            # Read what the shard wrote before it died (an outcome may be in there).
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._reader), READ_AFTER_EXIT_S)
+            self._reader.cancel()
         if self.channel is not None:
             self.channel.close()
-        if self._reader is not None:
-            self._reader.cancel()
         return code
 
     async def stop(self, drain_timeout_ms: int) -> None:

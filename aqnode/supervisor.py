@@ -91,9 +91,20 @@ class Supervisor:
             clock=time.time,
         )
         await wal.start()
+        await wal.register_node()
         self.core = NodeCore(self.config, catalogue, wal, self.shard_count)
+        requeued, interrupted = await self.core.recover(await wal.live_entries())
+        if requeued or interrupted:
+            log.info(
+                "recovered the log: %d enqueued messages will run, %d interrupted ones were "
+                "dead-lettered or requeued",
+                requeued,
+                interrupted,
+            )
         self._install_signals()
-        reconciler = asyncio.get_running_loop().create_task(self._reconcile_loop())
+        loop = asyncio.get_running_loop()
+        reconciler = loop.create_task(self._reconcile_loop())
+        background = [loop.create_task(self._health_loop()), loop.create_task(self._cleanup_loop())]
         try:
             await self._wait_first_shards()
             if self.fatal is None:
@@ -109,6 +120,8 @@ class Supervisor:
                 await self._main_loop()
         finally:
             reconciler.cancel()
+            for task in background:
+                task.cancel()
             await self._shutdown()
         if self.fatal is not None:
             print(f"aqnode: {self.fatal}", file=sys.stderr, flush=True)
@@ -271,6 +284,43 @@ class Supervisor:
         slot.restarts += 1
         log.warning("restarting shard %d in %.1fs", slot.index, delay)
         self._wake.set()
+
+    # ---- Redis health and cleanup ---------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        """PING Redis; after ``health_failure_threshold`` misses, reject new work until it
+        answers again (safety over liveness: nothing is buffered meanwhile)."""
+        assert self._redis is not None and self.core is not None
+        interval = self.config.redis.health_check_ms / 1000
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._redis.ping(), interval * 2)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError, TimeoutError) as exc:
+                failures += 1
+                if failures >= self.config.redis.health_failure_threshold and self.core.redis_ok:
+                    log.error("Redis stopped answering (%s): rejecting new work", exc)
+                    self.core.redis_ok = False
+            else:
+                if not self.core.redis_ok:
+                    log.info("Redis answers again: taking new work")
+                self.core.redis_ok = True
+                failures = 0
+            await asyncio.sleep(interval)
+
+    async def _cleanup_loop(self) -> None:
+        """Evict terminal entries once their idempotency window has passed."""
+        assert self.core is not None
+        wal, window = self.core.wal, self.config.wal.idempotency_window_s
+        while True:
+            await asyncio.sleep(self.config.wal.cleanup_interval_ms / 1000)
+            if not self.core.redis_ok:
+                continue
+            try:
+                while await wal.cleanup(time.time() - window) > 0:
+                    pass
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("log cleanup failed (%s); will try again", exc)
 
     # ---- stop -------------------------------------------------------------------------
 

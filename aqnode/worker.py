@@ -9,6 +9,7 @@ first) until one sweep per shard tears it down after ``worker_idle_timeout_ms``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -20,6 +21,7 @@ import msgspec
 
 from aqnode import errors, ipc
 from aqnode.catalogue import Catalogue, MessageSpec
+from aqnode.config import NodeConfig, RetryPolicy
 from aqnode.context import Context, ContextBus, ShardBus
 
 log = logging.getLogger("aqnode.worker")
@@ -42,20 +44,24 @@ class EntityWorker:
 class WorkerPool:
     def __init__(
         self,
+        config: NodeConfig,
         catalogue: Catalogue,
         send: Callable[[Any], None],
         shard_bus: ShardBus,
-        idle_timeouts_s: dict[str, float],
-        default_idle_timeout_s: float,
     ) -> None:
+        self._config = config
         self._catalogue = catalogue
         self._send = send
         self._shard_bus = shard_bus
-        self._idle_timeouts = idle_timeouts_s
-        self._default_idle_timeout = default_idle_timeout_s
+        self._idle_timeouts = {
+            n: e.worker_idle_timeout_ms / 1000 for n, e in config.entities.items()
+        }
+        self._default_idle_timeout = config.entity("").worker_idle_timeout_ms / 1000
         self.workers: dict[str, EntityWorker] = {}
         self._idle: dict[str, OrderedDict[str, float]] = {}  # entity type -> key -> idle since
-        self._dispatching: dict[str, asyncio.Future[ipc.DispatchResult]] = {}
+        self._asking: dict[str, asyncio.Future[ipc.DispatchResult | ipc.RetryResult]] = {}
+        self._policies: dict[str, RetryPolicy] = {}
+        self._drain_event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._encoder = msgspec.msgpack.Encoder()
         self.handled = 0
@@ -81,43 +87,73 @@ class WorkerPool:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def dispatch_result(self, item: ipc.DispatchResult) -> None:
-        future = self._dispatching.pop(item.message_id, None)
+    def log_result(self, item: ipc.DispatchResult | ipc.RetryResult) -> None:
+        future = self._asking.pop(item.message_id, None)
         if future is not None and not future.done():
             future.set_result(item)
 
     # ---- the worker's task -----------------------------------------------------------
 
     async def _run(self, worker: EntityWorker) -> None:
-        delay = DISPATCH_RETRY_MIN_S
         while worker.queue and not self.draining:
             item = worker.queue[0]
-            result = await self._dispatch(item.message_id)
-            if not result.ok:
-                code = (result.error or {}).get("code")
-                if code == errors.REDIS_UNAVAILABLE:
-                    # Not durable, so not started: the message keeps its place and waits.
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, DISPATCH_RETRY_MAX_S)
-                    continue
-                # The log says this message may not run (the supervisor has told its waiter).
-                worker.queue.popleft()
-                self.queued -= 1
+            if not await self._until_logged(ipc.Dispatch(item.message_id)):
+                self._pop(worker)  # the log says it may not run; the supervisor told its waiter
                 continue
-            delay = DISPATCH_RETRY_MIN_S
-            worker.queue.popleft()
             outcome = await self._execute(item)
-            self.queued -= 1
+            policy = self._retry_policy(item.entity_type)
+            if not outcome.ok and item.attempt < policy.max_attempts:
+                # Head of line: the message is `enqueued` again before anything else of
+                # this entity runs, and waits out its backoff at the front of the queue.
+                assert outcome.error is not None
+                if await self._until_logged(ipc.Retry(item.message_id, outcome.error)):
+                    await self._pause(backoff_s(policy, item.attempt))
+                    item.attempt += 1
+                else:
+                    self._pop(worker)
+                continue
+            self._pop(worker)
             self.handled += 1
             self._send(outcome)
         worker.running = False
-        self._idle.setdefault(worker.entity_type, OrderedDict())[worker.key] = time.monotonic()
+        if not worker.queue:
+            self._idle.setdefault(worker.entity_type, OrderedDict())[worker.key] = time.monotonic()
 
-    def _dispatch(self, message_id: str) -> asyncio.Future[ipc.DispatchResult]:
-        future: asyncio.Future[ipc.DispatchResult] = asyncio.get_running_loop().create_future()
-        self._dispatching[message_id] = future
-        self._send(ipc.Dispatch(message_id))
-        return future
+    def _pop(self, worker: EntityWorker) -> None:
+        worker.queue.popleft()
+        self.queued -= 1
+
+    async def _until_logged(self, item: ipc.Dispatch | ipc.Retry) -> bool:
+        """Send a transition and wait until it is durable; while Redis is away, keep asking
+        (the message keeps its place). False if the log refuses it for good."""
+        delay = DISPATCH_RETRY_MIN_S
+        while True:
+            future: asyncio.Future[ipc.DispatchResult | ipc.RetryResult]
+            future = asyncio.get_running_loop().create_future()
+            self._asking[item.message_id] = future
+            self._send(item)
+            result = await future
+            if result.ok:
+                return True
+            if (result.error or {}).get("code") != errors.REDIS_UNAVAILABLE or self.draining:
+                return False
+            await self._pause(delay)
+            delay = min(delay * 2, DISPATCH_RETRY_MAX_S)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the shard starts draining."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain_event.wait(), seconds)
+
+    def _retry_policy(self, entity_type: str) -> RetryPolicy:
+        policy = self._policies.get(entity_type)
+        if policy is None:
+            policy = self._policies[entity_type] = self._config.retry_for(entity_type)
+        return policy
+
+    def start_draining(self) -> None:
+        self.draining = True
+        self._drain_event.set()
 
     async def _execute(self, item: ipc.Deliver) -> ipc.Outcome:
         try:
@@ -174,6 +210,14 @@ class WorkerPool:
             return True
         _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
         return not pending
+
+
+def backoff_s(policy: RetryPolicy, attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` (SPEC section 7)."""
+    delay = policy.backoff_delay_ms
+    if policy.backoff == "exponential":
+        delay *= 2 ** (attempt - 1)
+    return min(delay, policy.max_delay_ms) / 1000
 
 
 def handler_error(exc: BaseException) -> errors.HandlerError:

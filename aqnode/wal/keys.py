@@ -1,17 +1,23 @@
-"""Every Redis key name the write-ahead log uses, in one place.
+"""Every Redis key name aqnode uses, in one place.
 
-All keys of one node share the hash tag ``{<node id>}``, so that a Lua script that
+All keys of one node's log share the hash tag ``{<node>}``, so that a Lua script that
 touches a batch of entries touches one slot and runs unchanged on Redis Cluster::
 
     <prefix>:{<node>}:seq          string   the node's sequence counter
     <prefix>:{<node>}:live         zset     id -> sequence, every non-terminal entry
     <prefix>:{<node>}:done         zset     id -> finished_at, terminal entries to clean
+    <prefix>:{<node>}:dlq          zset     id -> dead_lettered_at, the dead-letter queue
     <prefix>:{<node>}:m:<id>       hash     one message (state, payload, times, outcome)
+    <prefix>:nodes                 set      every node id that ever wrote a log here
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+def nodes_key(prefix: str) -> str:
+    return f"{prefix}:nodes"
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,14 @@ class LogKeys:
     @property
     def done(self) -> str:
         return f"{self.base}:done"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.base}:dlq"
+
+    @property
+    def nodes(self) -> str:
+        return nodes_key(self.prefix)
 
     def entry(self, message_id: str) -> str:
         return f"{self.base}:m:{message_id}"

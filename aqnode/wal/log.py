@@ -29,7 +29,8 @@ Callback = Callable[[Result | errors.AqError], None]
 
 #: The order kinds are applied in within one commit: an outcome lands before the next
 #: dispatch of the same entity that travelled in the same frame.
-KINDS: Final = ("finish", "dispatch", "enqueue")
+KINDS: Final = ("finish", "retry", "interrupt", "dispatch", "enqueue")
+SCRIPTS: Final = (*KINDS, "cleanup", "dlq_take")
 MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVALSHA; bounds one script's run time
 
 
@@ -48,6 +49,20 @@ class FinishEntry:
     message_id: str
     state: str  # "completed" | "failed"
     reply: bytes
+    error: bytes
+    dead: bool = False  # failed with no attempts left: dead-letter it ("exhausted")
+
+
+@dataclass(slots=True)
+class InterruptEntry:
+    message_id: str
+    retry: bool  # on_interrupt = "retry" with attempts left: back to `enqueued`
+    error: bytes
+
+
+@dataclass(slots=True)
+class RetryEntry:
+    message_id: str
     error: bytes
 
 
@@ -68,7 +83,7 @@ class WriteAheadLog:
         self.keys = keys
         self._ttl = entry_ttl_s
         self._clock = clock
-        self._sources = {kind: _load_lua(kind) for kind in ("enqueue", "dispatch", "finish")}
+        self._sources = {name: _load_lua(name) for name in SCRIPTS}
         self._shas: dict[str, str] = {}
         self._pending: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
@@ -93,18 +108,68 @@ class WriteAheadLog:
     def finish(self, entries: Sequence[FinishEntry], done: Callback) -> None:
         self._add(_Request("finish", entries, done))
 
+    def retry(self, entries: Sequence[RetryEntry], done: Callback) -> None:
+        self._add(_Request("retry", entries, done))
+
+    def interrupt(self, entries: Sequence[InterruptEntry], done: Callback) -> None:
+        self._add(_Request("interrupt", entries, done))
+
     async def read_entry(self, message_id: str) -> dict[str, Any]:
         """One entry's fields (text fields as str, ``payload``/``reply``/``error`` as bytes)."""
         try:
             raw = await self.redis.hgetall(self.keys.entry(message_id))
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise errors.RedisUnavailable(f"Redis did not answer ({exc}); try again") from exc
-        binary = {"payload", "reply", "error"}
-        fields: dict[str, Any] = {}
-        for key, value in raw.items():
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            fields[name] = value if name in binary or isinstance(value, str) else value.decode()
-        return fields
+        return _decode_fields(raw)
+
+    async def register_node(self) -> None:
+        """Record this node id, so that tools can find every node's log and dead letters."""
+        await self.redis.sadd(self.keys.nodes, self.keys.node_id)
+
+    async def live_entries(self, chunk: int = 1000) -> list[dict[str, Any]]:
+        """Every non-terminal entry, in log (sequence) order; dangling index ids dropped."""
+        ids = [_text(i) for i in await self.redis.zrange(self.keys.live, 0, -1)]
+        entries: list[dict[str, Any]] = []
+        dangling: list[str] = []
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            pipe = self.redis.pipeline(transaction=False)
+            for mid in part:
+                pipe.hgetall(self.keys.entry(mid))
+            for mid, raw in zip(part, await pipe.execute(), strict=True):
+                if raw:
+                    entries.append(_decode_fields(raw))
+                else:  # the entry's safety TTL ran out: nothing left to run
+                    dangling.append(mid)
+        if dangling:
+            await self.redis.zrem(self.keys.live, *dangling)
+        return entries
+
+    async def cleanup(self, older_than: float, limit: int = 1000) -> int:
+        """Evict terminal entries finished before ``older_than``; how many were deleted."""
+        done = await self.redis.zrangebyscore(self.keys.done, "-inf", older_than, 0, limit)
+        ids = [_text(i) for i in done]
+        if not ids:
+            return 0
+        keys = [self.keys.done, *(self.keys.entry(i) for i in ids)]
+        deleted: int = await self._run_script("cleanup", keys, ids)
+        return deleted
+
+    async def dlq_take(self, message_ids: Sequence[str], mode: str) -> list[int]:
+        """Take entries out of the dead-letter queue: ``mode`` is "replay" or "purge"."""
+        keys = [self.keys.dlq, self.keys.done, *(self.keys.entry(i) for i in message_ids)]
+        args = [repr(self._clock()), mode, self._ttl, *message_ids]
+        taken: list[int] = await self._run_script("dlq_take", keys, args)
+        return taken
+
+    async def _run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if not self._shas:
+            await self._load_scripts()
+        try:
+            return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            await self._load_scripts()
+            return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
 
     async def flush(self) -> None:
         """Wait until everything handed in so far is committed (or failed)."""
@@ -176,18 +241,23 @@ class WriteAheadLog:
 
     def _script_args(self, kind: str, items: Sequence[Any], now: str) -> list[Any]:
         keys = self.keys
+        entries = [keys.entry(_id_of(item)) for item in items]
+        args: list[Any]
         if kind == "dispatch":
-            return [len(items), *(keys.entry(mid) for mid in items), now]
+            return [len(entries), *entries, now]
+        if kind == "retry":
+            return [len(entries), *entries, *(e.error for e in items)]
         if kind == "finish":
-            args: list[Any] = [len(items) + 2, keys.live, keys.done]
-            args.extend(keys.entry(e.message_id) for e in items)
-            args.append(now)
+            args = [len(entries) + 3, keys.live, keys.done, keys.dlq, *entries, now]
             for e in items:
-                args.extend((e.message_id, e.state, e.reply, e.error))
+                args.extend((e.message_id, e.state, e.reply, e.error, "1" if e.dead else "0"))
             return args
-        args = [len(items) + 2, keys.seq, keys.live]
-        args.extend(keys.entry(e.message_id) for e in items)
-        args.append(self._ttl)
+        if kind == "interrupt":
+            args = [len(entries) + 2, keys.live, keys.dlq, *entries, now]
+            for e in items:
+                args.extend((e.message_id, "1" if e.retry else "0", e.error))
+            return args
+        args = [len(entries) + 2, keys.seq, keys.live, *entries, self._ttl]
         for e in items:
             args.extend(
                 (
@@ -227,6 +297,14 @@ class WriteAheadLog:
         return result
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_of(item: Any) -> str:
+    return item if isinstance(item, str) else str(item.message_id)
+
+
 def _translate(exc: Exception) -> errors.AqError:
     return errors.AqError(f"the write-ahead log refused a transition: {exc}")
 
@@ -236,6 +314,19 @@ def _call(done: Callback, value: Result | errors.AqError) -> None:
         done(value)
     except Exception:  # a callback bug must not stall the log for everyone else
         log.exception("write-ahead log callback failed")
+
+
+BINARY_FIELDS: Final = frozenset({"payload", "reply", "error"})
+
+
+def _decode_fields(raw: dict[Any, Any]) -> dict[str, Any]:
+    """An entry hash with text fields as ``str`` and payload/reply/error kept as bytes."""
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        keep = name in BINARY_FIELDS or not isinstance(value, bytes)
+        fields[name] = value if keep else value.decode()
+    return fields
 
 
 def _load_lua(kind: str) -> str:
