@@ -6,12 +6,17 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from aqnode import errors
+
+if TYPE_CHECKING:
+    from aqnode.config import NodeConfig
+    from aqnode.dlq import DeadLetter, DeadLetterQueue
 
 DEFAULT_CONFIG = "node.toml"
 
@@ -179,6 +184,192 @@ def status(config: str | None, address: str | None, as_json: bool) -> None:
             f"{s.rss_bytes / 1e6:>8.1f} {s.workers:>8} {s.queue_depth:>7} {s.handled:>9} "
             f"{s.restarts:>8}"
         )
+
+
+# ---- dead letters ----------------------------------------------------------------------
+
+
+def _node_config(config: str | None) -> NodeConfig:
+    from aqnode.config import ConfigError, load_config
+
+    path = _config_path(config)
+    if not Path(path).exists():
+        raise click.ClickException(
+            f"config file {path} does not exist: the dead-letter commands read the node's "
+            "Redis and key prefix from it (use --config FILE or set AQNODE_CONFIG)"
+        )
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _dlq(cfg: NodeConfig, redis_url: str | None) -> DeadLetterQueue:
+    import redis
+
+    from aqnode.dlq import DeadLetterQueue, redis_url_for
+
+    url = redis_url or redis_url_for(cfg)
+    client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise click.ClickException(f"cannot reach Redis at {url}: {exc}") from None
+    return DeadLetterQueue(client, cfg.key_prefix, cfg.wal.entry_ttl_s)
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.ClickException(f"{question} Pass --yes to confirm when not on a terminal.")
+    click.confirm(question, abort=True)
+
+
+redis_url_option = click.option(
+    "--redis-url", default=None, help="Redis URL (overrides the config's; default: the node's)"
+)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, replay and purge dead-lettered messages."""
+
+
+@dlq.command("list")
+@click.option("--entity-type", default=None, help="only this entity type")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON array")
+@config_option
+@redis_url_option
+def dlq_list(
+    entity_type: str | None, as_json: bool, config: str | None, redis_url: str | None
+) -> None:
+    """List dead letters, oldest first."""
+    letters = _dlq(_node_config(config), redis_url).entries(entity_type)
+    if as_json:
+        click.echo(json.dumps([d.public() for d in letters], indent=2, default=str))
+        return
+    if not letters:
+        click.echo("no dead letters")
+        return
+    click.echo(f"{'id':<28} {'entity':<30} {'message':<18} {'reason':<12} {'att':>3}  when")
+    for d in letters:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.dead_lettered_at))
+        entity = f"{d.entity_type}:{d.entity_id}"
+        click.echo(
+            f"{d.id:<28} {entity:<30} {d.message:<18} {d.reason:<12} {d.attempts:>3}  {when}"
+        )
+
+
+@dlq.command("show")
+@click.argument("dlq_id")
+@config_option
+@redis_url_option
+def dlq_show(dlq_id: str, config: str | None, redis_url: str | None) -> None:
+    """Show one dead letter in full (as JSON), with the error's traceback."""
+    try:
+        letter = _dlq(_node_config(config), redis_url).get(dlq_id)
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    click.echo(json.dumps(letter.public(), indent=2, default=str))
+
+
+@dlq.command("replay")
+@click.option("--id", "dlq_ids", multiple=True, help="a dead letter's id (repeatable)")
+@click.option("--all", "replay_all", is_flag=True, help="every dead letter (of --entity-type)")
+@click.option("--entity-type", default=None, help="with --all: only this entity type")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@config_option
+@address_option
+@redis_url_option
+def dlq_replay(
+    dlq_ids: tuple[str, ...],
+    replay_all: bool,
+    entity_type: str | None,
+    yes: bool,
+    config: str | None,
+    address: str | None,
+    redis_url: str | None,
+) -> None:
+    """Send dead letters again through the node; replaying one twice enqueues it once."""
+    if bool(dlq_ids) == replay_all:
+        raise click.UsageError("give --id ID (one or more) or --all")
+    cfg = _node_config(config)
+    queue = _dlq(cfg, redis_url)
+    try:
+        letters = queue.entries(entity_type) if replay_all else [queue.get(i) for i in dlq_ids]
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    if not letters:
+        click.echo("nothing to replay")
+        return
+    if replay_all:
+        _confirm(f"Replay {len(letters)} dead letters?", yes)
+    from aqnode.catalogue import MSGPACK
+    from aqnode.client import SyncClient
+
+    with SyncClient(address or cfg.listen, auth_token=cfg.auth_token) as client:
+
+        def send(letter: DeadLetter, message_id: str) -> str:
+            return client.enqueue_raw(
+                letter.entity_type,
+                letter.message,
+                letter.entity_id,
+                letter.payload_bytes,
+                message_id=message_id,
+                content_type=MSGPACK,
+            )
+
+        with click.progressbar(
+            length=len(letters), label="replaying", file=sys.stderr, show_pos=True
+        ) as bar:
+            replayed, failures = queue.replay(letters, send, lambda _d: bar.update(1))
+    click.echo(f"replayed {replayed} of {len(letters)}")
+    for line in failures:
+        click.echo(f"failed: {line}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@dlq.command("purge")
+@click.option("--id", "dlq_ids", multiple=True, help="a dead letter's id (repeatable)")
+@click.option(
+    "--older-than", default=None, help="only those dead-lettered before this long ago (30m, 2h, 7d)"
+)
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@config_option
+@redis_url_option
+def dlq_purge(
+    dlq_ids: tuple[str, ...],
+    older_than: str | None,
+    yes: bool,
+    config: str | None,
+    redis_url: str | None,
+) -> None:
+    """Delete dead letters for good (all of them, unless --id or --older-than)."""
+    from aqnode.dlq import parse_duration
+
+    queue = _dlq(_node_config(config), redis_url)
+    letters = queue.entries()
+    if dlq_ids:
+        wanted = set(dlq_ids)
+        missing = wanted - {d.id for d in letters}
+        if missing:
+            raise click.ClickException(
+                f"no dead letter {sorted(missing)[0]!r} (see `aqnode dlq list`)"
+            )
+        letters = [d for d in letters if d.id in wanted]
+    if older_than is not None:
+        try:
+            cutoff = time.time() - parse_duration(older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+        letters = [d for d in letters if d.dead_lettered_at < cutoff]
+    if not letters:
+        click.echo("nothing to purge")
+        return
+    _confirm(f"Delete {len(letters)} dead letters for good?", yes)
+    click.echo(f"purged {queue.purge(letters)}")
 
 
 def _run(coro: Any) -> Any:

@@ -29,7 +29,15 @@ class Node:
     proc: subprocess.Popen[bytes]
     config_path: Path
     log_path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
+    redis_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    earlier: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def respawn(self) -> None:
+        """Start the node again with the same config (after a kill or a stop)."""
+        self.earlier.append(self.proc)
+        self.proc, _ = spawn(self.config_path, self.redis_url, self.env)
+        wait_ready(self)
 
     @property
     def pid(self) -> int:
@@ -101,21 +109,24 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
-def node_env(redis_url: str | None) -> dict[str, str]:
+def node_env(redis_url: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(extra or {})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if redis_url:
         env["AQ_TEST_REDIS_URL"] = redis_url
     return env
 
 
-def spawn(config_path: Path, redis_url: str | None) -> tuple[subprocess.Popen[bytes], Path]:
+def spawn(
+    config_path: Path, redis_url: str | None, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = config_path.parent / "node.log"
     log_file = log_path.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "aqnode", "serve", "--config", str(config_path)],
         cwd=config_path.parent,
-        env=node_env(redis_url),
+        env=node_env(redis_url, extra_env),
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: cleanup reaches every shard
@@ -148,25 +159,27 @@ def kill_group(proc: subprocess.Popen[bytes], children: list[int]) -> None:
 
 
 @contextlib.contextmanager
-def running_node(tmp_path: Path, redis_url: str | None, **overrides: Any) -> Iterator[Node]:
+def running_node(
+    tmp_path: Path, redis_url: str | None, env: dict[str, str] | None = None, **overrides: Any
+) -> Iterator[Node]:
     """Start a node on ``redis_url`` (None: its own managed Redis), yield it, then clean up."""
     port = free_port()
     config_path = write_config(tmp_path / "node.toml", redis_url, port, **overrides)
-    proc, log_path = spawn(config_path, redis_url)
-    node = Node(f"127.0.0.1:{port}", proc, config_path, log_path)
-    children: list[int] = []
+    proc, log_path = spawn(config_path, redis_url, env)
+    node = Node(f"127.0.0.1:{port}", proc, config_path, log_path, redis_url, dict(env or {}))
     try:
         wait_ready(node)
-        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         yield node
     finally:
-        with contextlib.suppress(psutil.Error):
-            children += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-        kill_group(proc, children)
+        for p in [*node.earlier, node.proc]:
+            children: list[int] = []
+            with contextlib.suppress(psutil.Error):
+                children = [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(15)
+            kill_group(p, children)
 
 
 def gone(pid: int) -> bool:

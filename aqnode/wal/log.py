@@ -83,7 +83,7 @@ class WriteAheadLog:
         self.keys = keys
         self._ttl = entry_ttl_s
         self._clock = clock
-        self._sources = {name: _load_lua(name) for name in SCRIPTS}
+        self._sources = {name: load_lua(name) for name in SCRIPTS}
         self._shas: dict[str, str] = {}
         self._pending: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
@@ -329,5 +329,5 @@ def _decode_fields(raw: dict[Any, Any]) -> dict[str, Any]:
     return fields
 
 
-def _load_lua(kind: str) -> str:
+def load_lua(kind: str) -> str:
     return resources.files("aqnode.wal").joinpath("lua", f"{kind}.lua").read_text()

@@ -24,7 +24,11 @@ _sync_client: redis.Redis | None = None
 def store() -> aioredis.Redis:
     global _client
     if _client is None:
-        _client = aioredis.Redis.from_url(os.environ["AQ_TEST_REDIS_URL"])
+        # Blocking pool: many entities at once wait for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            os.environ["AQ_TEST_REDIS_URL"], max_connections=64, timeout=30
+        )
+        _client = aioredis.Redis(connection_pool=pool)
     return _client
 
 
@@ -169,3 +173,61 @@ def blocking_work(msg: BlockingWork, ctx: Context) -> float:
     time.sleep(msg.ms / 1000)  # blocks its thread only
     sync_store().rpush("t:blocking", msg.name)
     return started
+
+
+# ---- failure semantics ---------------------------------------------------------------
+
+
+@entity_type("counter", id_field="name")
+class Flaky(Command[int]):
+    """Fails until its attempt number exceeds ``fail_times``; returns the attempt."""
+
+    name: str
+    fail_times: int
+    seq: int = 0
+
+
+@entity_type("counter", id_field="name")
+class Crash(Command[None]):
+    """Kills its own shard process mid-handler (only on the first attempt if ``once``)."""
+
+    name: str
+    once: bool = False
+
+
+@handles(Flaky)
+async def flaky(msg: Flaky, ctx: Context) -> int:
+    await store().rpush(f"t:attempts:{msg.name}", f"{msg.seq}:{ctx.attempt}")
+    if ctx.attempt <= msg.fail_times:
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+    return ctx.attempt
+
+
+@handles(Crash)
+async def crash(msg: Crash, ctx: Context) -> None:
+    await store().rpush(f"t:crash:{msg.name}", ctx.attempt)
+    if not msg.once or ctx.attempt == 1:
+        os.kill(os.getpid(), 9)
+
+
+@entity_type("ledger", id_field="name")
+class Record(Command[None]):
+    """Appends one line per execution to a file (survives Redis outages and kill -9)."""
+
+    name: str
+    sender: str
+    seq: int
+
+
+_record_fd: int | None = None
+
+
+@handles(Record)
+async def record(msg: Record, ctx: Context) -> None:
+    global _record_fd
+    if _record_fd is None:
+        path = os.path.join(os.environ["AQ_TEST_RECORD_DIR"], f"exec-{os.getpid()}.log")
+        _record_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    line = f"{time.time():.6f} {os.getpid()} {msg.name} {msg.sender} {msg.seq} {ctx.message_id}\n"
+    os.write(_record_fd, line.encode())  # one write(2) per line: atomic with O_APPEND
+    await asyncio.sleep(0.002)
