@@ -25,6 +25,7 @@ from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 NO_TIMEOUT_WAIT_S = 3600.0  #: seconds; a wait with no timeout relies on the node's default
+SEND_TIMEOUT_S = 30.0  #: seconds an enqueue waits for the node to acknowledge it
 TIMEOUT_GRACE_S = 2.0  #: seconds the client waits past a timeout for the node to say so
 
 
@@ -111,8 +112,10 @@ class Client(Bus):
         loop = asyncio.get_running_loop()
         timeout_ms = int(timeout * 1000) if timeout else 0
         futures = []
+        call_ids = []
         for env in envelopes:
             call_id = next(self._ids)
+            call_ids.append(call_id)
             future: asyncio.Future[SendResult] = loop.create_future()
             self._futures[call_id] = future
             futures.append(future)
@@ -132,12 +135,23 @@ class Client(Bus):
                 )
             )
         self._outbox_ready.set()
-        limit = (timeout + TIMEOUT_GRACE_S) if timeout else NO_TIMEOUT_WAIT_S
+        if timeout:
+            limit = timeout + TIMEOUT_GRACE_S
+        else:
+            limit = NO_TIMEOUT_WAIT_S if wait else SEND_TIMEOUT_S
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futures), limit if wait else None))
+            return list(await asyncio.wait_for(asyncio.gather(*futures), limit))
         except TimeoutError:
-            raise errors.ReplyTimeout(
-                f"no answer from {self.address} within {limit:.1f}s; the message may still run"
+            for call_id in call_ids:
+                self._futures.pop(call_id, None)
+            if wait:
+                raise errors.ReplyTimeout(
+                    f"no answer from {self.address} within {limit:.1f}s; the message may still run"
+                ) from None
+            raise errors.AqError(
+                f"{self.address} did not acknowledge within {limit:.0f}s; the message may or may "
+                "not be enqueued: send it again with the same message_id to be sure",
+                code=errors.UNAVAILABLE,
             ) from None
 
     async def _write(self, stream: Any) -> None:
@@ -178,7 +192,14 @@ class Client(Bus):
             self._broken(rpc_error(exc, self.address))
 
     def _broken(self, error: errors.AqError) -> None:
+        """The stream failed: fail what is in flight; the next send opens a new stream."""
         self._stream = None
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        self._tasks = []
+        self._outbox.clear()  # their futures fail below: they must not go out later
         self._fail_all(error)
 
     def _fail_all(self, error: errors.AqError) -> None:
@@ -219,15 +240,31 @@ def rpc_error(exc: grpc.aio.AioRpcError, address: str) -> errors.AqError:
     return errors.AqError(f"{address}: {exc.code().name}: {exc.details()}", code=errors.INTERNAL)
 
 
+_background: asyncio.AbstractEventLoop | None = None
+_background_lock = threading.Lock()
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per process, in a daemon thread, for every :class:`SyncClient`.
+
+    gRPC's asyncio layer binds to the loop it first runs on; one shared loop that never
+    closes keeps it from calling into a loop that is gone.
+    """
+    global _background
+    with _background_lock:
+        if _background is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="aqnode-client", daemon=True).start()
+            _background = loop
+        return _background
+
+
 class SyncClient:
-    """The blocking twin of :class:`Client`: same methods, run on a private event loop."""
+    """The blocking twin of :class:`Client`: same methods, run on a shared background loop."""
 
     def __init__(self, address: str = "127.0.0.1:50051", *, auth_token: str | None = None) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="aqnode-client", daemon=True
-        )
-        self._thread.start()
+        self._loop = background_loop()
+        self._closed = False
         self._client = self._run(_make_client(address, auth_token))
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -240,12 +277,9 @@ class SyncClient:
         self.close()
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._run(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+        if not self._closed:
+            self._closed = True
+            self._run(self._client.close())
 
     def enqueue(self, msg: Message, *, message_id: str | None = None) -> str:
         return self._run(self._client.enqueue(msg, message_id=message_id))

@@ -195,12 +195,14 @@ class FrameChannel(Generic[T]):
             if not exc.partial:
                 return None
             raise ProtocolError("the peer closed in the middle of a frame header") from None
+        except ConnectionError:  # reset: the peer died with our data unread
+            return None
         (length,) = _LENGTH.unpack(header)
         if length > MAX_FRAME_BYTES:
             raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
         try:
             body = await self._reader.readexactly(length)
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             raise ProtocolError("the peer closed in the middle of a frame") from None
         try:
             return self._decoder.decode(body)

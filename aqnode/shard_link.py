@@ -8,7 +8,6 @@ inherited file descriptor, so there is no socket path to race on or clean up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -124,8 +123,12 @@ class ShardLink:
         self.ready = False
         if self._reader is not None:
             # Read what the shard wrote before it died (an outcome may be in there).
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(asyncio.shield(self._reader), READ_AFTER_EXIT_S)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:  # the reader's failure must not stop the restart
+                log.exception("shard %d: reading its last frames failed", self.index)
             self._reader.cancel()
         if self.channel is not None:
             self.channel.close()

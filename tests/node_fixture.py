@@ -164,6 +164,7 @@ def running_node(
 ) -> Iterator[Node]:
     """Start a node on ``redis_url`` (None: its own managed Redis), yield it, then clean up."""
     port = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config_path = write_config(tmp_path / "node.toml", redis_url, port, **overrides)
     proc, log_path = spawn(config_path, redis_url, env)
     node = Node(f"127.0.0.1:{port}", proc, config_path, log_path, redis_url, dict(env or {}))

@@ -61,7 +61,8 @@ async def deposit_burst(
     await asyncio.gather(*(ask(bus, GetBalance(a)) for a in accounts))
     handled = time.perf_counter() - started
     accepted = len(deposits) - sum(rejected.values())
-    print(f"{accepted} deposits to {len(accounts)} accounts:")
+    noun = "account" if len(accounts) == 1 else "accounts"
+    print(f"{accepted} deposits to {len(accounts)} {noun}:")
     print(f"  durable in the log  {durable:6.2f}s  {accepted / durable:9,.0f} msg/s")
     print(f"  all handled         {handled:6.2f}s  {accepted / handled:9,.0f} msg/s")
     for code, count in sorted(rejected.items()):

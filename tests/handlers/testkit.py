@@ -231,3 +231,17 @@ async def record(msg: Record, ctx: Context) -> None:
     line = f"{time.time():.6f} {os.getpid()} {msg.name} {msg.sender} {msg.seq} {ctx.message_id}\n"
     os.write(_record_fd, line.encode())  # one write(2) per line: atomic with O_APPEND
     await asyncio.sleep(0.002)
+
+
+@entity_type("counter", id_field="name")
+class FailWhileBroken(Command[int]):
+    """Fails while the Redis key ``t:broken`` exists; else counts its runs."""
+
+    name: str
+
+
+@handles(FailWhileBroken)
+async def fail_while_broken(msg: FailWhileBroken, ctx: Context) -> int:
+    if await store().exists("t:broken"):
+        raise RuntimeError("the downstream service is broken")
+    return int(await store().incr(f"t:fixed:{msg.name}"))
