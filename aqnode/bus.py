@@ -105,9 +105,17 @@ class Bus(ABC):
         result.raise_for_error()
         return result.message_id
 
-    async def enqueue_many(self, msgs: Iterable[Message]) -> list[str]:
-        """Enqueue many messages in order, in one round trip; all-or-error per message."""
-        results = await self._send([envelope_of(m) for m in msgs], wait=False, timeout=None)
+    async def enqueue_many(
+        self, msgs: Iterable[Message], *, message_ids: Iterable[str | None] | None = None
+    ) -> list[str]:
+        """Enqueue many messages in order, in one round trip; raises the first refusal
+        (the others are enqueued). ``message_ids`` gives idempotency keys, one per message."""
+        msgs = list(msgs)
+        ids = list(message_ids) if message_ids is not None else [None] * len(msgs)
+        if len(ids) != len(msgs):
+            raise ValueError(f"{len(msgs)} messages but {len(ids)} message_ids")
+        envelopes = [envelope_of(m, i) for m, i in zip(msgs, ids, strict=True)]
+        results = await self._send(envelopes, wait=False, timeout=None)
         for result in results:
             result.raise_for_error()
         return [r.message_id for r in results]
@@ -207,10 +215,20 @@ class EntityBus:
         return await self._bus.enqueue_and_wait(msg, timeout=timeout, message_id=message_id)
 
     async def enqueue_raw(
-        self, message: str, data: Mapping[str, Any] | bytes, *, message_id: str | None = None
+        self,
+        message: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        message_id: str | None = None,
+        content_type: str | None = None,
     ) -> str:
         return await self._bus.enqueue_raw(
-            self.entity_type, message, self.entity_id, data, message_id=message_id
+            self.entity_type,
+            message,
+            self.entity_id,
+            data,
+            message_id=message_id,
+            content_type=content_type,
         )
 
     async def enqueue_and_wait_raw(
@@ -220,7 +238,14 @@ class EntityBus:
         *,
         timeout: float | None = None,
         message_id: str | None = None,
+        content_type: str | None = None,
     ) -> Any:
         return await self._bus.enqueue_and_wait_raw(
-            self.entity_type, message, self.entity_id, data, timeout=timeout, message_id=message_id
+            self.entity_type,
+            message,
+            self.entity_id,
+            data,
+            timeout=timeout,
+            message_id=message_id,
+            content_type=content_type,
         )

@@ -25,21 +25,21 @@ def _config_path(config: str | None) -> str:
     return config or os.environ.get("AQNODE_CONFIG") or DEFAULT_CONFIG
 
 
-def _address(config: str | None, address: str | None) -> str:
-    """``--address`` wins; else the config's ``listen``; else the default port."""
-    if address:
-        return address
+def _target(config: str | None, address: str | None) -> tuple[str, str | None]:
+    """The node to talk to and its auth token: ``--address`` wins over the config's
+    ``listen``; without a config file, the default port and no token."""
     path = _config_path(config)
     if Path(path).exists():
         from aqnode.config import ConfigError, load_config
 
         try:
-            return load_config(path).listen
+            cfg = load_config(path)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        return address or cfg.listen, cfg.auth_token
     if config:
         raise click.ClickException(f"config file {path} does not exist")
-    return "127.0.0.1:50051"
+    return address or "127.0.0.1:50051", os.environ.get("AQNODE_AUTH_TOKEN")
 
 
 config_option = click.option(
@@ -111,15 +111,18 @@ def enqueue(
         json.loads(data)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
-    target = _address(config, address)
+    target, token = _target(config, address)
     result = _run(
-        _enqueue(target, entity_type, message, entity_id, data.encode(), wait, timeout, message_id)
+        _enqueue(
+            target, token, entity_type, message, entity_id, data.encode(), wait, timeout, message_id
+        )
     )
     click.echo(json.dumps(result) if wait else result)
 
 
 async def _enqueue(
     address: str,
+    token: str | None,
     entity_type: str,
     message: str,
     entity_id: str,
@@ -131,7 +134,7 @@ async def _enqueue(
     from aqnode.catalogue import JSON
     from aqnode.client import Client
 
-    async with Client(address) as bus:
+    async with Client(address, auth_token=token) as bus:
         if wait:
             return await bus.enqueue_and_wait_raw(
                 entity_type,
@@ -157,8 +160,10 @@ def status(config: str | None, address: str | None, as_json: bool) -> None:
 
     from aqnode.client import Client
 
+    target, token = _target(config, address)
+
     async def fetch() -> Any:
-        async with Client(_address(config, address)) as bus:
+        async with Client(target, auth_token=token) as bus:
             return await bus.status()
 
     reply = _run(fetch())

@@ -52,21 +52,24 @@ class Client(Bus):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _ensure_channel(self) -> pb_grpc.AqNodeStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(
+                self.address,
+                options=[
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ],
+            )
+            self._stub = pb_grpc.AqNodeStub(self._channel)  # type: ignore[no-untyped-call]
+        return self._stub
+
     async def connect(self) -> None:
+        """Open the ``Session`` stream (sends do this themselves when needed)."""
         async with self._connect_lock:
             if self._stream is not None:
                 return
-            if self._channel is None:
-                self._channel = grpc.aio.insecure_channel(
-                    self.address,
-                    options=[
-                        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                        ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                    ],
-                )
-                self._stub = pb_grpc.AqNodeStub(self._channel)  # type: ignore[no-untyped-call]
-            assert self._stub is not None
-            self._stream = self._stub.Session(metadata=self._metadata)
+            self._stream = self._ensure_channel().Session(metadata=self._metadata)
             loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(self._write(self._stream)),
@@ -76,7 +79,9 @@ class Client(Bus):
     async def close(self) -> None:
         if self._stream is not None:
             # A half-close first: the node finishes the stream, nothing is left pending.
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # A stream that never connected fails this in gRPC's own ways; it is being
+            # thrown away either way, so there is nothing to report.
+            with contextlib.suppress(Exception):
                 await self._stream.done_writing()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
@@ -89,13 +94,12 @@ class Client(Bus):
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+            self._stub = None
 
     async def status(self, timeout: float = 5.0) -> pb.StatusReply:
         """The node's ``Status``: its shards, role, master and epoch."""
-        await self.connect()
-        assert self._stub is not None
         try:
-            reply: pb.StatusReply = await self._stub.Status(
+            reply: pb.StatusReply = await self._ensure_channel().Status(
                 pb.StatusRequest(), timeout=timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as exc:
@@ -216,6 +220,8 @@ def _result_from_pb(outcome: pb.Outcome) -> SendResult:
         )
     f = outcome.failure
     error = {"code": f.code, "message": f.message}
+    if f.field:
+        error["field"] = f.field
     if f.remote_type or f.remote_traceback:
         error.update(
             remote_type=f.remote_type,
@@ -284,8 +290,10 @@ class SyncClient:
     def enqueue(self, msg: Message, *, message_id: str | None = None) -> str:
         return self._run(self._client.enqueue(msg, message_id=message_id))
 
-    def enqueue_many(self, msgs: Iterable[Message]) -> list[str]:
-        return self._run(self._client.enqueue_many(list(msgs)))
+    def enqueue_many(
+        self, msgs: Iterable[Message], *, message_ids: Iterable[str | None] | None = None
+    ) -> list[str]:
+        return self._run(self._client.enqueue_many(list(msgs), message_ids=message_ids))
 
     def enqueue_and_wait(
         self, msg: Message, *, timeout: float | None = None, message_id: str | None = None
@@ -351,16 +359,39 @@ class SyncEntityClient:
     def enqueue(self, msg: Message, *, message_id: str | None = None) -> str:
         return self._owner._run(self._bus.enqueue(msg, message_id=message_id))
 
-    def enqueue_and_wait(self, msg: Message, *, timeout: float | None = None) -> Any:
-        return self._owner._run(self._bus.enqueue_and_wait(msg, timeout=timeout))
+    def enqueue_and_wait(
+        self, msg: Message, *, timeout: float | None = None, message_id: str | None = None
+    ) -> Any:
+        return self._owner._run(
+            self._bus.enqueue_and_wait(msg, timeout=timeout, message_id=message_id)
+        )
 
-    def enqueue_raw(self, message: str, data: Mapping[str, Any] | bytes) -> str:
-        return self._owner._run(self._bus.enqueue_raw(message, data))
+    def enqueue_raw(
+        self,
+        message: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        message_id: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        return self._owner._run(
+            self._bus.enqueue_raw(message, data, message_id=message_id, content_type=content_type)
+        )
 
     def enqueue_and_wait_raw(
-        self, message: str, data: Mapping[str, Any] | bytes, *, timeout: float | None = None
+        self,
+        message: str,
+        data: Mapping[str, Any] | bytes,
+        *,
+        timeout: float | None = None,
+        message_id: str | None = None,
+        content_type: str | None = None,
     ) -> Any:
-        return self._owner._run(self._bus.enqueue_and_wait_raw(message, data, timeout=timeout))
+        return self._owner._run(
+            self._bus.enqueue_and_wait_raw(
+                message, data, timeout=timeout, message_id=message_id, content_type=content_type
+            )
+        )
 
 
 async def _make_client(address: str, auth_token: str | None) -> Client:

@@ -154,6 +154,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     metrics_listen: str | None = None  # HOST:PORT for Prometheus text; None: no metrics port
     drain_timeout_ms: PositiveMs = 10000
     shard_heartbeat_ms: PositiveMs = 1000
+    #: a shard whose event loop sends no heartbeat for this long is killed and restarted
+    #: (its running messages are interrupted); 0 = never
+    shard_stall_timeout_ms: NonNegMs = 60000
     auth_token: str | None = None  # shared token; None: no authentication
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)

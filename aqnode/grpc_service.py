@@ -63,6 +63,7 @@ def failure_to_pb(error: dict[str, Any] | None) -> pb.Failure:
         remote_type=str(error.get("remote_type", "")),
         remote_message=str(error.get("remote_message", "")),
         remote_traceback=str(error.get("remote_traceback", "")),
+        field=str(error.get("field", "")),
     )
 
 

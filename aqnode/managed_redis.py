@@ -88,20 +88,16 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """A preexec_fn making the child get SIGTERM when its parent dies (Linux only)."""
-    prctl = _PRCTL
-    if prctl is None:
-        return None
-    parent = os.getpid()
+def _pdeathsig_prefix() -> list[str]:
+    """``setpriv --pdeathsig TERM`` (util-linux) before the command, on Linux.
 
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        # The parent may have died between fork and prctl: then nobody would signal us.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
+    Not a ``preexec_fn``: Python code between fork and exec can deadlock or crash in a
+    process whose other threads (gRPC's) hold locks; setpriv sets the signal after exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 def _answers(unix_path: Path | None, port: int) -> bool:
@@ -267,20 +263,19 @@ class ManagedRedis:
         )
 
     def _spawn(self, exe: str) -> None:
-        preexec = _pdeathsig_preexec()
+        prefix = _pdeathsig_prefix()
         # Fatal config errors go to stderr before redis opens its logfile: keep them there.
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [exe, str(self.conf_path)],
+                [*prefix, exe, str(self.conf_path)],
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                preexec_fn=preexec,
                 # Own process group so a terminal ^C reaches only the node, which drains
                 # against a live Redis; PDEATHSIG still ends redis with the node. Without
-                # PDEATHSIG (not Linux), staying in the group is the safer fallback.
-                process_group=0 if preexec is not None else None,
+                # PDEATHSIG, staying in the group is the safer fallback.
+                process_group=0 if prefix else None,
             )
 
     async def _wait_ready(self, timeout: float) -> None:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from aqnode import ipc
 
 log = logging.getLogger("aqnode.supervisor")
@@ -45,6 +47,13 @@ class ShardLink:
         self.queue_depth = 0
         self.handled = 0
         self._reader: asyncio.Task[None] | None = None
+        self._ps: psutil.Process | None = None
+
+    def ps(self) -> psutil.Process:
+        """The shard as a psutil Process, kept so that CPU percentages span calls."""
+        if self._ps is None or self._ps.pid != self.pid:
+            self._ps = psutil.Process(self.pid)
+        return self._ps
 
     @property
     def pid(self) -> int | None:

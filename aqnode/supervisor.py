@@ -104,7 +104,11 @@ class Supervisor:
         self._install_signals()
         loop = asyncio.get_running_loop()
         reconciler = loop.create_task(self._reconcile_loop())
-        background = [loop.create_task(self._health_loop()), loop.create_task(self._cleanup_loop())]
+        background = [
+            loop.create_task(self._health_loop()),
+            loop.create_task(self._cleanup_loop()),
+            loop.create_task(self._stall_loop()),
+        ]
         try:
             await self._wait_first_shards()
             if self.fatal is None:
@@ -146,15 +150,23 @@ class Supervisor:
         return catalogue
 
     async def _connect_redis(self) -> None:
+        if not self.config.wal.enabled:
+            raise errors.StartupError(
+                "[wal] enabled = false is not supported: aqnode's guarantees rest on the "
+                "write-ahead log; remove the key or set it to true"
+            )
         url = self.config.redis.url
         if url is None:
             self._managed = ManagedRedis(self.data_dir)
             url = await self._managed.start()
         self.redis_url = url
         # No client-side retries: a dead Redis must fail fast with REDIS_UNAVAILABLE.
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
-        )
+        try:
+            self._redis = aioredis.Redis.from_url(
+                url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+            )
+        except ValueError as exc:
+            raise errors.StartupError(f"[redis] url {url!r} cannot be used: {exc}") from exc
         deadline = time.monotonic() + REDIS_CONNECT_TIMEOUT_S
         while True:
             try:
@@ -308,6 +320,28 @@ class Supervisor:
                 failures = 0
             await asyncio.sleep(interval)
 
+    async def _stall_loop(self) -> None:
+        """Kill a shard whose event loop stopped sending heartbeats (a handler blocking it);
+        the watcher then interrupts its messages and restarts it."""
+        limit = self.config.shard_stall_timeout_ms / 1000
+        if not limit:
+            return
+        while True:
+            await asyncio.sleep(min(limit / 4, 1.0))
+            now = time.monotonic()
+            for slot in self.slots:
+                link = slot.link
+                if link is not None and link.ready and now - link.last_heartbeat > limit:
+                    log.error(
+                        "shard %d (pid %s) sent no heartbeat for %.1fs: its event loop is "
+                        "blocked; killing it",
+                        slot.index,
+                        link.pid,
+                        now - link.last_heartbeat,
+                    )
+                    link.kill()
+                    link.ready = False
+
     async def _cleanup_loop(self) -> None:
         """Evict terminal entries once their idempotency window has passed."""
         assert self.core is not None
@@ -355,9 +389,9 @@ class Supervisor:
                     link.handled,
                 )
                 try:
-                    proc = psutil.Process(link.pid)
+                    proc = link.ps()
                     info.rss_bytes = proc.memory_info().rss
-                    info.cpu_percent = proc.cpu_percent(interval=None)
+                    info.cpu_percent = proc.cpu_percent(interval=None)  # since the last call
                 except psutil.Error:
                     info.alive = False
             shards.append(info)

@@ -31,6 +31,7 @@ class Node:
     log_path: Path
     redis_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    token: str | None = None
     earlier: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def respawn(self) -> None:
@@ -47,14 +48,14 @@ class Node:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def status(self) -> Any:
-        with SyncClient(self.address) as client:
+        with SyncClient(self.address, auth_token=self.token) as client:
             return client.status(timeout=2.0)
 
     def shard_pids(self) -> list[int]:
         return [s.pid for s in self.status().shards]
 
     def client(self) -> SyncClient:
-        return SyncClient(self.address)
+        return SyncClient(self.address, auth_token=self.token)
 
     def terminate(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
@@ -168,6 +169,7 @@ def running_node(
     config_path = write_config(tmp_path / "node.toml", redis_url, port, **overrides)
     proc, log_path = spawn(config_path, redis_url, env)
     node = Node(f"127.0.0.1:{port}", proc, config_path, log_path, redis_url, dict(env or {}))
+    node.token = overrides.get("auth_token")
     try:
         wait_ready(node)
         yield node

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import inspect
-import os
 import shutil
 import signal
 import socket
@@ -107,23 +105,12 @@ def _quote_conf(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _pdeathsig_preexec() -> Callable[[], None] | None:
+def _pdeathsig_prefix() -> list[str]:
     # Kept apart from aqnode.managed_redis so an import error in the package under test
-    # cannot take the test infrastructure down with it.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
+    # cannot take the test infrastructure down with it. setpriv, not a preexec_fn: Python
+    # code between fork and exec crashes now and then in a process with gRPC threads.
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 class RedisServer:
@@ -245,7 +232,10 @@ class RedisServer:
                 return True
             new_log = self._log_since(log_offset)
             if "Address already in use" not in new_log:
-                raise AssertionError(f"redis-server failed to start; log:\n{new_log}")
+                code = self._proc.returncode if self._proc is not None else None
+                raise AssertionError(
+                    f"redis-server failed to start (exit status {code}); log:\n{new_log}"
+                )
             if not retry_bind:
                 return False
             if time.monotonic() >= deadline:
@@ -271,12 +261,11 @@ class RedisServer:
         )
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [self.executable, str(conf)],
+                [*_pdeathsig_prefix(), self.executable, str(conf)],
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                preexec_fn=_pdeathsig_preexec(),
             )
 
     def _wait_ready(self, deadline: float) -> bool:

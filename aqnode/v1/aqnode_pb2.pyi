@@ -23,18 +23,20 @@ class Envelope(_message.Message):
     def __init__(self, entity_type: _Optional[str] = ..., message: _Optional[str] = ..., entity_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., message_id: _Optional[str] = ...) -> None: ...
 
 class Failure(_message.Message):
-    __slots__ = ("code", "message", "remote_type", "remote_message", "remote_traceback")
+    __slots__ = ("code", "message", "remote_type", "remote_message", "remote_traceback", "field")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REMOTE_TYPE_FIELD_NUMBER: _ClassVar[int]
     REMOTE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REMOTE_TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
     remote_type: str
     remote_message: str
     remote_traceback: str
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., remote_type: _Optional[str] = ..., remote_message: _Optional[str] = ..., remote_traceback: _Optional[str] = ...) -> None: ...
+    field: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., remote_type: _Optional[str] = ..., remote_message: _Optional[str] = ..., remote_traceback: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
     __slots__ = ("envelope",)

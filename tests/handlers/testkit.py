@@ -245,3 +245,16 @@ async def fail_while_broken(msg: FailWhileBroken, ctx: Context) -> int:
     if await store().exists("t:broken"):
         raise RuntimeError("the downstream service is broken")
     return int(await store().incr(f"t:fixed:{msg.name}"))
+
+
+@entity_type("counter", id_field="name")
+class BlockLoop(Command[None]):
+    """An async handler that blocks its shard's event loop (a bug the node must survive)."""
+
+    name: str
+    seconds: float
+
+
+@handles(BlockLoop)
+async def block_loop(msg: BlockLoop, ctx: Context) -> None:
+    time.sleep(msg.seconds)

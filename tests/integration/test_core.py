@@ -231,6 +231,7 @@ def test_idle_workers_are_torn_down(fresh: Node) -> None:
         lambda: sum(s.workers for s in fresh.status().shards) == 0,
         message="idle workers were not torn down after worker_idle_timeout_ms",
     )
+    assert fresh.status().live_messages == 0
 
 
 def test_cli_enqueue_and_wait_prints_json(fresh: Node) -> None:
@@ -262,3 +263,17 @@ def test_cli_enqueue_and_wait_prints_json(fresh: Node) -> None:
     )
     assert bad.returncode == 1
     assert "INVALID_PAYLOAD" in bad.stderr and "by" in bad.stderr
+
+
+def test_invalid_payload_names_the_field_in_the_error_details(fresh: Node) -> None:
+    with fresh.client() as bus, pytest.raises(AqError) as caught:
+        bus.enqueue_raw("counter", "Incr", "x", {"name": "x", "by": "lots"})
+    assert caught.value.details.get("field") == "by"
+
+
+def test_enqueue_many_takes_idempotency_keys(fresh: Node, redis_client: redis.Redis) -> None:
+    with fresh.client() as bus:
+        keys = [f"batch-{i}" for i in range(5)]
+        assert bus.enqueue_many([Incr(name="mk") for _ in keys], message_ids=keys) == keys
+        assert bus.enqueue_many([Incr(name="mk") for _ in keys], message_ids=keys) == keys
+        assert bus.enqueue_and_wait(Get(name="mk")) == 5

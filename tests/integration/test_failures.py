@@ -15,7 +15,7 @@ import redis
 from aqnode.client import Client
 from aqnode.dlq import DeadLetterQueue
 from aqnode.errors import AqError, HandlerError
-from tests.handlers.testkit import NODE_ID, Crash, Flaky, Get, Incr, Sleep
+from tests.handlers.testkit import NODE_ID, BlockLoop, Crash, Flaky, Get, Incr, Sleep
 from tests.node_fixture import running_node
 from tests.redis_fixture import RedisServer, wait_for
 
@@ -247,3 +247,17 @@ def test_terminal_entries_are_cleaned_so_the_log_stays_bounded(
             )
         for key in redis_client.scan_iter(match="aq:*"):
             assert redis_client.ttl(key) != -1 or not key.startswith(ENTRY.encode())
+
+
+def test_a_shard_whose_loop_is_blocked_is_killed_and_its_message_interrupted(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    with running_node(tmp_path, redis_url, shard_stall_timeout_ms=1000) as node:
+        with node.client() as bus:
+            with pytest.raises(AqError) as caught:
+                bus.enqueue_and_wait(BlockLoop(name="stuck", seconds=30), timeout=20)
+            assert caught.value.code == "INTERRUPTED"
+            assert bus.enqueue_and_wait(Incr(name="stuck")).value == 1
+        assert "sent no heartbeat" in node.log()
+        (letter,) = dead_letters(redis_client).values()
+        assert letter.reason == "interrupted"  # type: ignore[attr-defined]

@@ -98,7 +98,9 @@ def test_a_killed_shard_is_restarted_and_the_other_keeps_serving(
             shard = node.status().shards[0]
             return shard.alive and shard.pid != victim and shard.restarts == 1
 
-        wait_for(restarted, timeout=15, message="the killed shard was not restarted")
+        wait_for(
+            restarted, timeout=15, message=f"the killed shard was not restarted:\n{node.log()}"
+        )
         pids = {bus.enqueue_and_wait(WhoRuns(name=n)) for n in names[:40]}
         assert victim not in pids and len(pids) == 2
 
@@ -125,3 +127,31 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, redis_server: RedisSer
             bus.enqueue_and_wait(Incr(name="drain"))
         assert node.terminate() == 0
         assert "draining" in node.log()
+
+
+def test_an_auth_token_is_required_when_configured(tmp_path: Path, redis_url: str) -> None:
+    from aqnode.client import SyncClient
+    from aqnode.errors import AqError
+
+    with running_node(tmp_path, redis_url, auth_token="s3cret") as node:
+        with SyncClient(node.address) as anonymous, pytest.raises(AqError) as caught:
+            anonymous.enqueue(Incr(name="auth"))
+        assert caught.value.code == "UNAUTHENTICATED"
+        with SyncClient(node.address, auth_token="s3cret") as bus:
+            assert bus.enqueue_and_wait(Incr(name="auth")).value == 1
+        # The CLI takes the token from the config
+        shown = subprocess.run(
+            [sys.executable, "-m", "aqnode", "status", "--config", str(node.config_path)],
+            capture_output=True,
+            text=True,
+            env=node_env(redis_url),
+            timeout=30,
+        )
+        assert shown.returncode == 0, shown.stderr
+
+
+def test_wal_disabled_is_refused_at_start(tmp_path: Path, redis_url: str) -> None:
+    config = write_config(tmp_path / "node.toml", redis_url, free_port(), wal={"enabled": False})
+    result = serve_once(config, redis_url)
+    assert result.returncode == 2
+    assert "enabled = false is not supported" in result.stderr

@@ -1,0 +1,1 @@
+"""The aqnode benchmark suite: ``scripts/bench`` (see BENCHMARKS.md)."""
