@@ -231,13 +231,20 @@ def _result_from_pb(outcome: pb.Outcome) -> SendResult:
     return SendResult(outcome.message_id, False, error=error)
 
 
+#: gRPC codes without an aqnode error attached: the connection itself failed (a node that
+#: died mid-stream shows up as INTERNAL "Internal error from Core", or CANCELLED).
+_TRANSPORT_FAILURES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
+)
+
+
 def rpc_error(exc: grpc.aio.AioRpcError, address: str) -> errors.AqError:
     """A gRPC failure as an AqError: the node's own code when it sent one."""
     for key, value in exc.trailing_metadata() or ():
         if key == "aq-error-bin":
             raw = value if isinstance(value, bytes) else str(value).encode()
             return errors.AqError.from_dict(json.loads(raw))
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+    if exc.code() in _TRANSPORT_FAILURES:
         return errors.AqError(
             f"cannot reach an aqnode at {address} ({exc.details()}); "
             "is `aqnode serve` running there?",

@@ -80,6 +80,7 @@ class LiveMessage:
             self.payload,
             self.enqueued_at,
             self.attempt,
+            self.state == "dispatched",
         )
 
 
@@ -91,6 +92,9 @@ class _Admitted:
     key: str
     message_id: str
     payload: bytes
+    shard: int
+    generation: int  # of the shard's port when admitted
+    dispatch: bool  # the entity was idle: logged straight as `dispatched`
 
 
 class ShardPort:
@@ -119,6 +123,9 @@ class NodeCore:
         self.workers: set[str] = set()  # entity keys with a worker in some shard
         self.draining = False
         self.redis_ok = True  # set by the supervisor's health check
+        #: enqueues whose commit failed on a broken connection: they may be in the log
+        #: after all, and are adopted by :meth:`adopt_uncertain` once Redis answers
+        self.uncertain: list[_Admitted] = []
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
         self._entity_limits = {
@@ -147,7 +154,13 @@ class NodeCore:
         now = time.time()
         entries = [
             EnqueueEntry(
-                a.message_id, a.entity_type, a.call.envelope.message, a.entity_id, a.payload, now
+                a.message_id,
+                a.entity_type,
+                a.call.envelope.message,
+                a.entity_id,
+                a.payload,
+                now,
+                a.dispatch,
             )
             for a in admitted
         ]
@@ -180,9 +193,25 @@ class NodeCore:
             self._answer_when_done(known, call)
             return None
         self._check_limits(spec.entity_type, key)
-        self.depth[key] = self.depth.get(key, 0) + 1
+        depth = self.depth.get(key, 0)
+        self.depth[key] = depth + 1
         self.workers.add(key)
-        return _Admitted(call, spec.entity_type, entity_id, key, message_id, payload)
+        shard = self.ring.shard_for(key)
+        port = self.ports[shard]
+        # An idle entity's message may be logged `dispatched` at once: its worker will
+        # start it next, so the separate dispatch round trip would only add latency.
+        dispatch = depth == 0 and port.open
+        return _Admitted(
+            call,
+            spec.entity_type,
+            entity_id,
+            key,
+            message_id,
+            payload,
+            shard,
+            port.generation,
+            dispatch,
+        )
 
     def _check_limits(self, etype: str, key: str) -> None:
         depth = self.depth.get(key, 0)
@@ -222,14 +251,17 @@ class NodeCore:
             for a in admitted:
                 self._release(a.key)
                 a.call.reply(_failure(a.message_id, result))
+            if isinstance(result, errors.RedisUnavailable):
+                # The write may have landed with only its reply lost: look again later.
+                self.uncertain.extend(a for a in admitted)
             return
+        lost: list[LiveMessage] = []
         for a, outcome in zip(admitted, result, strict=True):
             if not isinstance(outcome, int):  # the id was known to the log already
                 self._release(a.key)
                 self._duplicate(a, str(outcome))
                 continue
             self.counters["enqueued"] += 1
-            shard = self.ring.shard_for(a.key)
             msg = LiveMessage(
                 a.message_id,
                 a.entity_type,
@@ -238,16 +270,20 @@ class NodeCore:
                 a.key,
                 a.payload,
                 now,
-                shard,
+                a.shard,
+                state="dispatched" if a.dispatch else "enqueued",
             )
             self.live[a.message_id] = msg
-            port = self.ports[shard]
-            if port.open and port.send is not None:
+            port = self.ports[a.shard]
+            if a.dispatch and port.generation != a.generation:
+                lost.append(msg)  # its shard died meanwhile: nobody will run it
+            elif port.open and port.send is not None:
                 port.send(msg.deliver_item())
             if a.call.wait:
                 self._add_waiter(msg, a.call)
             else:
                 a.call.reply(SendResult(a.message_id, True))
+        self._interrupt(lost)
 
     def _duplicate(self, a: _Admitted, state: str) -> None:
         known = self.live.get(a.message_id)
@@ -393,9 +429,15 @@ class NodeCore:
                 f"message {mid} was {outcome} in the write-ahead log, not enqueued, "
                 "so it was not run"
             )
-            log.error("%s", problem.message)
-            if msg is not None:
-                self._drop(msg, _failure(mid, problem))
+            if outcome == "dispatched" and msg is not None:
+                # An earlier dispatch landed although its reply was lost (Redis went away
+                # mid-call). The log says it may have started: it is interrupted, not run.
+                msg.state = "dispatched"
+                lost.append(msg)
+            else:
+                log.error("%s", problem.message)
+                if msg is not None:
+                    self._drop(msg, _failure(mid, problem))
             if not stale and port.send is not None:
                 port.send(ipc.DispatchResult(mid, False, problem.to_dict()))
         if lost:
@@ -451,7 +493,7 @@ class NodeCore:
             asyncio.get_running_loop().call_later(LOG_RETRY_S, self._finish, finishes)
             return
         for (msg, outcome), status in zip(finishes, result, strict=True):
-            if status != 1:
+            if status not in (1, "completed", "failed"):  # a retried commit finds its own
                 log.error(
                     "outcome of %s not recorded: it was %s in the log", msg.message_id, status
                 )
@@ -565,6 +607,46 @@ class NodeCore:
             )
         for shard in shards:
             self._try_open(shard)
+
+    async def adopt_uncertain(self) -> int:
+        """Look up enqueues whose outcome a Redis failure hid; run those that did land
+        (their senders were told they failed, so they queue behind newer messages).
+        Returns how many were adopted."""
+        pending, self.uncertain = self.uncertain, []
+        if not pending:
+            return 0
+        try:
+            states = await self.wal.states([a.message_id for a in pending])
+        except errors.AqError:
+            self.uncertain = pending + self.uncertain  # still away: try again later
+            return 0
+        adopted, lost = 0, []
+        for a, state in zip(pending, states, strict=True):
+            if state not in ("enqueued", "dispatched") or a.message_id in self.live:
+                continue
+            msg = LiveMessage(
+                a.message_id,
+                a.entity_type,
+                a.call.envelope.message,
+                a.entity_id,
+                a.key,
+                a.payload,
+                time.time(),
+                a.shard,
+                state=state,
+            )
+            self.live[msg.message_id] = msg
+            self.depth[a.key] = self.depth.get(a.key, 0) + 1
+            self.workers.add(a.key)
+            adopted += 1
+            if state == "dispatched":
+                lost.append(msg)
+            else:
+                port = self.ports[a.shard]
+                if port.open and port.send is not None:
+                    port.send(msg.deliver_item())
+        self._interrupt(lost)
+        return adopted
 
     # ---- recovery --------------------------------------------------------------------
 

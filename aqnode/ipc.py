@@ -112,6 +112,7 @@ class Deliver(_Item):
     payload: bytes  # msgpack
     enqueued_at: float
     attempt: int = 1
+    dispatched: bool = False  # already `dispatched` in the log: run it without asking
 
 
 class DispatchResult(_Item):

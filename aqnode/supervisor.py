@@ -318,6 +318,12 @@ class Supervisor:
                     log.info("Redis answers again: taking new work")
                 self.core.redis_ok = True
                 failures = 0
+                if self.core.uncertain and (adopted := await self.core.adopt_uncertain()):
+                    log.warning(
+                        "%d messages whose enqueue failed on a broken Redis connection had "
+                        "landed in the log after all; they will run",
+                        adopted,
+                    )
             await asyncio.sleep(interval)
 
     async def _stall_loop(self) -> None:

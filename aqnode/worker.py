@@ -97,7 +97,9 @@ class WorkerPool:
     async def _run(self, worker: EntityWorker) -> None:
         while worker.queue and not self.draining:
             item = worker.queue[0]
-            if not await self._until_logged(ipc.Dispatch(item.message_id)):
+            if item.dispatched:
+                item.dispatched = False  # a retry of it asks again
+            elif not await self._until_logged(ipc.Dispatch(item.message_id)):
                 self._pop(worker)  # the log says it may not run; the supervisor told its waiter
                 continue
             outcome = await self._execute(item)

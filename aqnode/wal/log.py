@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from aqnode import errors
+from aqnode.wal import resp
 from aqnode.wal.keys import LogKeys
 
 log = logging.getLogger("aqnode.wal")
@@ -42,6 +43,7 @@ class EnqueueEntry:
     entity_id: str
     payload: bytes
     enqueued_at: float
+    dispatch: bool = False  # the entity is idle: write it `dispatched` right away
 
 
 @dataclass(slots=True)
@@ -121,6 +123,17 @@ class WriteAheadLog:
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise errors.RedisUnavailable(f"Redis did not answer ({exc}); try again") from exc
         return _decode_fields(raw)
+
+    async def states(self, message_ids: Sequence[str]) -> list[str | None]:
+        """The current state of each message (None: not in the log)."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for mid in message_ids:
+                pipe.hget(self.keys.entry(mid), "state")
+            raw = await pipe.execute()
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise errors.RedisUnavailable(f"Redis did not answer ({exc}); try again") from exc
+        return [None if v is None else _text(v) for v in raw]
 
     async def register_node(self) -> None:
         """Record this node id, so that tools can find every node's log and dead letters."""
@@ -257,7 +270,7 @@ class WriteAheadLog:
             for e in items:
                 args.extend((e.message_id, "1" if e.retry else "0", e.error))
             return args
-        args = [len(entries) + 2, keys.seq, keys.live, *entries, self._ttl]
+        args = [len(entries) + 2, keys.seq, keys.live, *entries, self._ttl, now]
         for e in items:
             args.extend(
                 (
@@ -267,6 +280,7 @@ class WriteAheadLog:
                     e.entity_id,
                     e.payload,
                     repr(e.enqueued_at),
+                    b"1" if e.dispatch else b"0",
                 )
             )
         return args
@@ -290,11 +304,9 @@ class WriteAheadLog:
             ) from exc
 
     async def _pipeline(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for kind, args in calls:
-            pipe.evalsha(self._shas[kind], *args)
-        result: list[Any] = await pipe.execute(raise_on_error=False)
-        return result
+        return await resp.pipeline(
+            self.redis, [("EVALSHA", self._shas[kind], *args) for kind, args in calls]
+        )
 
 
 def _text(value: Any) -> str:

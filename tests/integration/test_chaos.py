@@ -45,6 +45,7 @@ class Load:
         default_factory=dict
     )  # id -> entity, sender, seq
     refused: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # code -> one message
     sent: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _done: concurrent.futures.Future[None] | None = None
@@ -70,6 +71,7 @@ class Load:
                     self.acked[mid] = (entity, name, seq)
                 except AqError as exc:
                     self.refused[exc.code] += 1
+                    self.examples.setdefault(exc.code, exc.message)
                     await asyncio.sleep(0.02)
                 seq += 1
                 await asyncio.sleep(PAUSE_S)
@@ -135,7 +137,14 @@ def test_no_duplicates_no_loss_fifo_under_shard_supervisor_and_redis_faults(
             dead = {d.id for d in dlq.entries()}
             return all(mid in ran or mid in dead for mid in load.acked)
 
-        wait_for(settled, timeout=90, interval=0.2, message="acknowledged messages never finished")
+        try:
+            wait_for(settled, timeout=90, interval=0.2, message="acknowledged messages stuck")
+        except AssertionError:
+            ran = {row[5] for row in executions(records)}
+            dead = {d.id for d in dlq.entries()}
+            stuck = [m for m in load.acked if m not in ran and m not in dead][:5]
+            states = {m: redis_client.hgetall(f"aq:{{test-node}}:m:{m}") for m in stuck}
+            raise AssertionError(f"stuck: {states}\n{node.log()[-3000:]}") from None
 
     rows = executions(records)
     ran = Counter(row[5] for row in rows)
@@ -163,7 +172,7 @@ def test_no_duplicates_no_loss_fifo_under_shard_supervisor_and_redis_faults(
     print(
         f"\nchaos: sent {load.sent}, acknowledged {len(load.acked)}, executed {len(ran)}, "
         f"dead-lettered {len(letters)} (interrupted), duplicates {len(duplicates)}, "
-        f"refused {dict(load.refused)}, survivor ran {len(during)} during the shard outage"
+        f"refused {dict(load.refused)} ({load.examples}), survivor ran {len(during)} during the shard outage"
     )
 
 
