@@ -43,6 +43,7 @@ class MessageSpec:
     handler: HandlerRecord
     reply_type: Any
     takes_context: bool
+    is_async: bool
     json_decoder: msgspec.json.Decoder[Any]
     msgpack_decoder: msgspec.msgpack.Decoder[Any]
 
@@ -204,6 +205,7 @@ def _spec_for(
         handler=record,
         reply_type=reply_type_of(cls),
         takes_context=_arity(record.func) >= 2,
+        is_async=record.is_async,
         json_decoder=msgspec.json.Decoder(cls),
         msgpack_decoder=msgspec.msgpack.Decoder(cls),
     )

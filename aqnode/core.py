@@ -24,6 +24,7 @@ from aqnode import errors, ipc
 from aqnode.bus import Envelope, SendResult
 from aqnode.catalogue import JSON, Catalogue
 from aqnode.config import NodeConfig
+from aqnode.metrics import NodeMetrics
 from aqnode.router import HashRing, entity_key
 from aqnode.wal import EnqueueEntry, FinishEntry, InterruptEntry, RetryEntry, WriteAheadLog
 
@@ -133,7 +134,8 @@ class NodeCore:
         }
         self._reply_timeouts = {name: cfg.reply_timeout_ms for name, cfg in config.entities.items()}
         self._default_reply_timeout = config.entity("").reply_timeout_ms
-        self.counters: dict[str, int] = {"enqueued": 0, "completed": 0, "failed": 0, "rejected": 0}
+        self.metrics = NodeMetrics()
+        wal.on_commit = lambda kind, n: self.metrics.commit_batch.observe((kind,), n)
 
     # ---- sends -----------------------------------------------------------------------
 
@@ -144,7 +146,7 @@ class NodeCore:
             try:
                 admitted_call = self._admit(call)
             except errors.AqError as exc:
-                self.counters["rejected"] += 1
+                self.metrics.rejected.inc((call.envelope.entity_type, exc.code))
                 call.reply(_failure("", exc))
                 continue
             if admitted_call is not None:
@@ -261,7 +263,7 @@ class NodeCore:
                 self._release(a.key)
                 self._duplicate(a, str(outcome))
                 continue
-            self.counters["enqueued"] += 1
+            self.metrics.enqueued.inc((a.entity_type,))
             msg = LiveMessage(
                 a.message_id,
                 a.entity_type,
@@ -497,7 +499,14 @@ class NodeCore:
                 log.error(
                     "outcome of %s not recorded: it was %s in the log", msg.message_id, status
                 )
-            self.counters["completed" if outcome.ok else "failed"] += 1
+            labels = (msg.entity_type,)
+            m = self.metrics
+            (m.completed if outcome.ok else m.failed).inc(labels)
+            if not outcome.ok:
+                m.dead_lettered.inc((msg.entity_type, "exhausted"))
+            if outcome.started_at:
+                m.queue_wait.observe(labels, max(outcome.started_at - msg.enqueued_at, 0.0))
+                m.handler_time.observe(labels, outcome.duration_s)
             if outcome.ok:
                 self._drop_each(msg, _reply_in_callers_type(msg.message_id, outcome.reply))
             else:
@@ -593,7 +602,7 @@ class NodeCore:
                 msg.state, msg.attempt = "enqueued", msg.attempt + 1
                 continue
             if outcome == "interrupted":
-                self.counters["dead_lettered"] = self.counters.get("dead_lettered", 0) + 1
+                self.metrics.dead_lettered.inc((msg.entity_type, "interrupted"))
             else:
                 log.error("interrupting %s: it was %s in the log", msg.message_id, outcome)
             self._drop(

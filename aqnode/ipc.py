@@ -56,6 +56,8 @@ class Outcome(_Item):
     ok: bool
     reply: bytes = b""
     error: dict[str, Any] | None = None
+    started_at: float = 0.0  # unix seconds, when the handler started (for queue wait)
+    duration_s: float = 0.0  # the handler's run time
 
 
 class Retry(_Item):

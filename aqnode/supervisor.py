@@ -33,6 +33,7 @@ from aqnode.config import NodeConfig, encode_config
 from aqnode.core import NodeCore
 from aqnode.grpc_service import AqNodeService
 from aqnode.managed_redis import ManagedRedis
+from aqnode.metrics import serve_metrics
 from aqnode.shard_link import ShardLink
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
@@ -75,6 +76,7 @@ class Supervisor:
         self._redis: aioredis.Redis | None = None
         self._server: grpc.aio.Server | None = None
         self.core: NodeCore | None = None
+        self._metrics_server: asyncio.Server | None = None
 
     # ---- start ------------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class Supervisor:
         try:
             await self._wait_first_shards()
             if self.fatal is None:
+                await self._start_metrics()
                 await self._start_grpc()
                 log.info(
                     "aqnode %s ready: %s listening on %s, %d shards, redis %s",
@@ -195,6 +198,44 @@ class Supervisor:
             raise errors.StartupError(f"cannot listen on {self.config.listen}: {exc}") from exc
         await server.start()
         self._server = server
+
+    async def _start_metrics(self) -> None:
+        """Register the gauges and, with ``metrics_listen``, serve /metrics over HTTP."""
+        assert self.core is not None
+        core = self.core
+        metrics = core.metrics
+        metrics.add_gauge(
+            "aqnode_workers",
+            "Entity workers per shard.",
+            ("shard",),
+            lambda: [((str(s.index),), float(s.link.workers if s.link else 0)) for s in self.slots],
+        )
+        metrics.add_gauge(
+            "aqnode_queue_depth",
+            "Messages queued or running per shard.",
+            ("shard",),
+            lambda: [
+                ((str(s.index),), float(s.link.queue_depth if s.link else 0)) for s in self.slots
+            ],
+        )
+        metrics.add_gauge(
+            "aqnode_live_messages",
+            "Messages enqueued or dispatched, not finished.",
+            (),
+            lambda: [((), float(len(core.live)))],
+        )
+        metrics.add_gauge(
+            "aqnode_redis_up",
+            "1 while Redis answers the health check.",
+            (),
+            lambda: [((), 1.0 if core.redis_ok else 0.0)],
+        )
+        if self.config.metrics_listen is None:
+            return
+        try:
+            self._metrics_server = await serve_metrics(self.config.metrics_listen, metrics.render)
+        except OSError as exc:
+            raise errors.StartupError(str(exc)) from exc
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -374,6 +415,8 @@ class Supervisor:
             await self.core.wal.flush()
         if self._server is not None:
             await self._server.stop(grace=1.0)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         if self._redis is not None:
             await self._redis.aclose()
         if self._managed is not None:

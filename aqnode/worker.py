@@ -61,6 +61,7 @@ class WorkerPool:
         self._idle: dict[str, OrderedDict[str, float]] = {}  # entity type -> key -> idle since
         self._asking: dict[str, asyncio.Future[ipc.DispatchResult | ipc.RetryResult]] = {}
         self._policies: dict[str, RetryPolicy] = {}
+        self._loggers: dict[str, logging.Logger] = {}
         self._drain_event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._encoder = msgspec.msgpack.Encoder()
@@ -147,6 +148,12 @@ class WorkerPool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drain_event.wait(), seconds)
 
+    def _logger(self, entity_type: str) -> logging.Logger:
+        logger = self._loggers.get(entity_type)
+        if logger is None:
+            logger = self._loggers[entity_type] = logging.getLogger(f"aqnode.handler.{entity_type}")
+        return logger
+
     def _retry_policy(self, entity_type: str) -> RetryPolicy:
         policy = self._policies.get(entity_type)
         if policy is None:
@@ -158,13 +165,20 @@ class WorkerPool:
         self._drain_event.set()
 
     async def _execute(self, item: ipc.Deliver) -> ipc.Outcome:
+        started_at, started = time.time(), time.perf_counter()
         try:
             spec = self._catalogue.lookup(item.entity_type, item.message)
             msg = spec.msgpack_decoder.decode(item.payload)
             reply = await self._call(spec, msg, item)
-            return ipc.Outcome(item.message_id, True, self._encoder.encode(reply))
+            encoded = self._encoder.encode(reply)
         except Exception as exc:  # the handler's failure is the message's outcome
-            return ipc.Outcome(item.message_id, False, error=handler_error(exc).to_dict())
+            error = handler_error(exc).to_dict()
+            return ipc.Outcome(
+                item.message_id, False, b"", error, started_at, time.perf_counter() - started
+            )
+        return ipc.Outcome(
+            item.message_id, True, encoded, None, started_at, time.perf_counter() - started
+        )
 
     async def _call(self, spec: MessageSpec, msg: Any, item: ipc.Deliver) -> Any:
         func = spec.handler.func
@@ -177,11 +191,11 @@ class WorkerPool:
                 message_id=item.message_id,
                 attempt=item.attempt,
                 enqueued_at=item.enqueued_at,
-                logger=logging.getLogger(f"aqnode.handler.{item.entity_type}"),
+                logger=self._logger(item.entity_type),
                 bus=ContextBus(self._shard_bus, item.entity_type, item.entity_id),
             )
             args = (msg, ctx)
-        if spec.handler.is_async:
+        if spec.is_async:
             return await func(*args)
         # A plain def runs in a thread so that it does not stall other entities.
         return await asyncio.get_running_loop().run_in_executor(None, func, *args)

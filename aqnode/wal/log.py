@@ -91,6 +91,8 @@ class WriteAheadLog:
         self._task: asyncio.Task[None] | None = None
         self.commits = 0  #: pipelines sent, for metrics and benchmarks
         self.committed = 0  #: transitions applied
+        #: called with (kind, transitions) for every kind in every commit (metrics)
+        self.on_commit: Callable[[str, int], None] | None = None
 
     async def start(self) -> None:
         await self._load_scripts()
@@ -217,6 +219,8 @@ class WriteAheadLog:
             for request in requests:
                 spans.append((request, first_call, len(items)))
                 items.extend(request.items)
+            if self.on_commit is not None:
+                self.on_commit(kind, len(items))
             for start in range(0, len(items), MAX_SCRIPT_BATCH):
                 calls.append(
                     (kind, self._script_args(kind, items[start : start + MAX_SCRIPT_BATCH], now))

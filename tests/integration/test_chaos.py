@@ -172,7 +172,8 @@ def test_no_duplicates_no_loss_fifo_under_shard_supervisor_and_redis_faults(
     print(
         f"\nchaos: sent {load.sent}, acknowledged {len(load.acked)}, executed {len(ran)}, "
         f"dead-lettered {len(letters)} (interrupted), duplicates {len(duplicates)}, "
-        f"refused {dict(load.refused)} ({load.examples}), survivor ran {len(during)} during the shard outage"
+        f"refused {dict(load.refused)} ({load.examples}), "
+        f"survivor ran {len(during)} during the shard outage"
     )
 
 
