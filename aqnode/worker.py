@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -31,13 +32,14 @@ DISPATCH_RETRY_MAX_S = 1.0  #: seconds; the wait doubles up to this while Redis 
 
 
 class EntityWorker:
-    __slots__ = ("entity_id", "entity_type", "key", "queue", "running")
+    """One entity's FIFO. Idle, it is a few hundred bytes: no task, no timer, no deque."""
 
-    def __init__(self, key: str, entity_type: str, entity_id: str) -> None:
+    __slots__ = ("entity_type", "key", "queue", "running")
+
+    def __init__(self, key: str, entity_type: str) -> None:
         self.key = key
-        self.entity_type = entity_type
-        self.entity_id = entity_id
-        self.queue: deque[ipc.Deliver] = deque()
+        self.entity_type = entity_type  # interned: one string per type, not per worker
+        self.queue: deque[ipc.Deliver] | None = None
         self.running = False
 
 
@@ -75,11 +77,13 @@ class WorkerPool:
         key = f"{item.entity_type}:{item.entity_id}"
         worker = self.workers.get(key)
         if worker is None:
-            worker = self.workers[key] = EntityWorker(key, item.entity_type, item.entity_id)
+            worker = self.workers[key] = EntityWorker(key, sys.intern(item.entity_type))
         else:
             idle = self._idle.get(item.entity_type)
             if idle is not None:
                 idle.pop(key, None)
+        if worker.queue is None:
+            worker.queue = deque()
         worker.queue.append(item)
         self.queued += 1
         if not worker.running:
@@ -96,8 +100,10 @@ class WorkerPool:
     # ---- the worker's task -----------------------------------------------------------
 
     async def _run(self, worker: EntityWorker) -> None:
-        while worker.queue and not self.draining:
-            item = worker.queue[0]
+        queue = worker.queue
+        assert queue is not None
+        while queue and not self.draining:
+            item = queue[0]
             if item.dispatched:
                 item.dispatched = False  # a retry of it asks again
             elif not await self._until_logged(ipc.Dispatch(item.message_id)):
@@ -119,10 +125,12 @@ class WorkerPool:
             self.handled += 1
             self._send(outcome)
         worker.running = False
-        if not worker.queue:
+        if not queue:
+            worker.queue = None
             self._idle.setdefault(worker.entity_type, OrderedDict())[worker.key] = time.monotonic()
 
     def _pop(self, worker: EntityWorker) -> None:
+        assert worker.queue is not None
         worker.queue.popleft()
         self.queued -= 1
 

@@ -155,3 +155,15 @@ def test_wal_disabled_is_refused_at_start(tmp_path: Path, redis_url: str) -> Non
     result = serve_once(config, redis_url)
     assert result.returncode == 2
     assert "enabled = false is not supported" in result.stderr
+
+
+def test_shards_that_keep_dying_at_start_stop_the_node_instead_of_looping(
+    tmp_path: Path, redis_url: str
+) -> None:
+    config = write_config(
+        tmp_path / "node.toml", redis_url, free_port(), handlers=["tests.handlers.shard_bomb"]
+    )
+    result = serve_once(config, redis_url, timeout=60)
+    assert result.returncode == 1
+    assert "keeps exiting" in result.stderr or "failed to start" in result.stderr, result.stderr
+    assert result.stderr.count("restarting shard") <= 2 * 5, "a restart loop"
