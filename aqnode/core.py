@@ -97,6 +97,19 @@ class _Admitted:
     generation: int  # of the shard's port when admitted
     dispatch: bool  # the entity was idle: logged straight as `dispatched`
 
+    def live_message(self, enqueued_at: float, state: str) -> LiveMessage:
+        return LiveMessage(
+            self.message_id,
+            self.entity_type,
+            self.call.envelope.message,
+            self.entity_id,
+            self.key,
+            self.payload,
+            enqueued_at,
+            self.shard,
+            state=state,
+        )
+
 
 class ShardPort:
     """What the core needs of a shard: send it items, if it is up.
@@ -264,17 +277,7 @@ class NodeCore:
                 self._duplicate(a, str(outcome))
                 continue
             self.metrics.enqueued.inc((a.entity_type,))
-            msg = LiveMessage(
-                a.message_id,
-                a.entity_type,
-                a.call.envelope.message,
-                a.entity_id,
-                a.key,
-                a.payload,
-                now,
-                a.shard,
-                state="dispatched" if a.dispatch else "enqueued",
-            )
+            msg = a.live_message(now, "dispatched" if a.dispatch else "enqueued")
             self.live[a.message_id] = msg
             port = self.ports[a.shard]
             if a.dispatch and port.generation != a.generation:
@@ -633,17 +636,7 @@ class NodeCore:
         for a, state in zip(pending, states, strict=True):
             if state not in ("enqueued", "dispatched") or a.message_id in self.live:
                 continue
-            msg = LiveMessage(
-                a.message_id,
-                a.entity_type,
-                a.call.envelope.message,
-                a.entity_id,
-                a.key,
-                a.payload,
-                time.time(),
-                a.shard,
-                state=state,
-            )
+            msg = a.live_message(time.time(), state)
             self.live[msg.message_id] = msg
             self.depth[a.key] = self.depth.get(a.key, 0) + 1
             self.workers.add(a.key)
