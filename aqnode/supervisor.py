@@ -412,7 +412,7 @@ class Supervisor:
         links = [s.link for s in self.slots if s.link is not None]
         await asyncio.gather(*(link.stop(self.config.drain_timeout_ms) for link in links))
         if self.core is not None:
-            await self.core.wal.flush()
+            await self.core.wal.close()
         if self._server is not None:
             await self._server.stop(grace=1.0)
         if self._metrics_server is not None:

@@ -87,6 +87,7 @@ class WriteAheadLog:
         self._clock = clock
         self._sources = {name: load_lua(name) for name in SCRIPTS}
         self._shas: dict[str, str] = {}
+        self._raw = resp.RawPipeline(client)
         self._pending: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
         self.commits = 0  #: pipelines sent, for metrics and benchmarks
@@ -190,6 +191,10 @@ class WriteAheadLog:
         """Wait until everything handed in so far is committed (or failed)."""
         while self._task is not None:
             await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        await self.flush()
+        await self._raw.close()
 
     # ---- group commit ----------------------------------------------------------------
 
@@ -308,9 +313,7 @@ class WriteAheadLog:
             ) from exc
 
     async def _pipeline(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        return await resp.pipeline(
-            self.redis, [("EVALSHA", self._shas[kind], *args) for kind, args in calls]
-        )
+        return await self._raw.run([("EVALSHA", self._shas[kind], *args) for kind, args in calls])
 
 
 def _text(value: Any) -> str:
