@@ -15,117 +15,35 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from aqnode import errors, ipc
 from aqnode.bus import Envelope, SendResult
-from aqnode.catalogue import JSON, Catalogue
+from aqnode.catalogue import Catalogue
 from aqnode.config import NodeConfig
+from aqnode.lifecycle import LOG_RETRY_S, ShardLifecycle
+from aqnode.live import (
+    Admitted,
+    Call,
+    LiveMessage,
+    ShardPort,
+    Waiter,
+    converted,
+    failure,
+    reply_in_callers_type,
+)
 from aqnode.metrics import NodeMetrics
 from aqnode.router import HashRing, entity_key
-from aqnode.wal import EnqueueEntry, FinishEntry, InterruptEntry, RetryEntry, WriteAheadLog
+from aqnode.wal import EnqueueEntry, FinishEntry, RetryEntry, WriteAheadLog
 
 log = logging.getLogger("aqnode.core")
 
-Reply = Callable[[SendResult], None]
-LOG_RETRY_S = 0.2  #: seconds between attempts to record a transition while Redis is away
-#: on_interrupt = "retry" re-runs an interrupted message at most this many times in all
-#: (or max_attempts, if higher), so that a message that kills its shard cannot loop.
-INTERRUPT_RETRY_FLOOR = 3
-#: Message states the supervisor tracks. `dispatching`, `retrying` and `interrupting` are
-#: in flight to the log: a restarted shard gets its queue only once none are left.
-SETTLED = frozenset({"enqueued", "dispatched"})
+__all__ = ["Call", "NodeCore"]
 
 
-@dataclass(slots=True)
-class Call:
-    """One send, from a client stream or a handler's bus."""
-
-    envelope: Envelope
-    wait: bool
-    timeout_ms: int
-    reply: Reply
-    caller: str = ""  # the sending handler's entity key, for SELF_WAIT
-
-
-@dataclass(slots=True)
-class Waiter:
-    reply: Reply
-    content_type: str
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(slots=True)
-class LiveMessage:
-    message_id: str
-    entity_type: str
-    message: str
-    entity_id: str
-    key: str
-    payload: bytes
-    enqueued_at: float
-    shard: int
-    state: str = "enqueued"  # enqueued|dispatching|dispatched|retrying|interrupting
-    attempt: int = 1
-    waiters: list[Waiter] = field(default_factory=list)
-
-    def deliver_item(self) -> ipc.Deliver:
-        return ipc.Deliver(
-            self.message_id,
-            self.entity_type,
-            self.message,
-            self.entity_id,
-            self.payload,
-            self.enqueued_at,
-            self.attempt,
-            self.state == "dispatched",
-        )
-
-
-@dataclass(slots=True)
-class _Admitted:
-    call: Call
-    entity_type: str
-    entity_id: str
-    key: str
-    message_id: str
-    payload: bytes
-    shard: int
-    generation: int  # of the shard's port when admitted
-    dispatch: bool  # the entity was idle: logged straight as `dispatched`
-
-    def live_message(self, enqueued_at: float, state: str) -> LiveMessage:
-        return LiveMessage(
-            self.message_id,
-            self.entity_type,
-            self.call.envelope.message,
-            self.entity_id,
-            self.key,
-            self.payload,
-            enqueued_at,
-            self.shard,
-            state=state,
-        )
-
-
-class ShardPort:
-    """What the core needs of a shard: send it items, if it is up.
-
-    ``generation`` changes with every (re)start, so a log result that comes back after its
-    shard died is recognised as stale. ``open`` is false until a restarted shard has been
-    handed its queue in log order; new messages wait behind it meanwhile (FIFO).
-    """
-
-    def __init__(self) -> None:
-        self.send: Callable[[Any], None] | None = None  # None while the shard is down
-        self.generation = 0
-        self.open = False
-
-
-class NodeCore:
+class NodeCore(ShardLifecycle):
     def __init__(self, config: NodeConfig, catalogue: Catalogue, wal: WriteAheadLog, shards: int):
         self.config = config
         self.catalogue = catalogue
@@ -139,7 +57,7 @@ class NodeCore:
         self.redis_ok = True  # set by the supervisor's health check
         #: enqueues whose commit failed on a broken connection: they may be in the log
         #: after all, and are adopted by :meth:`adopt_uncertain` once Redis answers
-        self.uncertain: list[_Admitted] = []
+        self.uncertain: list[Admitted] = []
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
         self._entity_limits = {
@@ -154,13 +72,13 @@ class NodeCore:
 
     def submit(self, calls: list[Call]) -> None:
         """Validate and admit ``calls`` in order, then log them as one group-commit batch."""
-        admitted: list[_Admitted] = []
+        admitted: list[Admitted] = []
         for call in calls:
             try:
                 admitted_call = self._admit(call)
             except errors.AqError as exc:
                 self.metrics.rejected.inc((call.envelope.entity_type, exc.code))
-                call.reply(_failure("", exc))
+                call.reply(failure("", exc))
                 continue
             if admitted_call is not None:
                 admitted.append(admitted_call)
@@ -181,7 +99,7 @@ class NodeCore:
         ]
         self.wal.enqueue(entries, lambda result: self._logged(admitted, now, result))
 
-    def _admit(self, call: Call) -> _Admitted | None:
+    def _admit(self, call: Call) -> Admitted | None:
         if self.draining:
             raise errors.Draining(
                 "the node is shutting down and takes no new messages; "
@@ -216,7 +134,7 @@ class NodeCore:
         # An idle entity's message may be logged `dispatched` at once: its worker will
         # start it next, so the separate dispatch round trip would only add latency.
         dispatch = depth == 0 and port.open
-        return _Admitted(
+        return Admitted(
             call,
             spec.entity_type,
             entity_id,
@@ -260,12 +178,12 @@ class NodeCore:
             self.depth.pop(key, None)
 
     def _logged(
-        self, admitted: list[_Admitted], now: float, result: list[Any] | errors.AqError
+        self, admitted: list[Admitted], now: float, result: list[Any] | errors.AqError
     ) -> None:
         if isinstance(result, errors.AqError):
             for a in admitted:
                 self._release(a.key)
-                a.call.reply(_failure(a.message_id, result))
+                a.call.reply(failure(a.message_id, result))
             if isinstance(result, errors.RedisUnavailable):
                 # The write may have landed with only its reply lost: look again later.
                 self.uncertain.extend(a for a in admitted)
@@ -290,7 +208,7 @@ class NodeCore:
                 a.call.reply(SendResult(a.message_id, True))
         self._interrupt(lost)
 
-    def _duplicate(self, a: _Admitted, state: str) -> None:
+    def _duplicate(self, a: Admitted, state: str) -> None:
         known = self.live.get(a.message_id)
         if known is not None:
             self._answer_when_done(known, a.call)
@@ -312,16 +230,16 @@ class NodeCore:
         try:
             fields = await self.wal.read_entry(message_id)
         except errors.AqError as exc:
-            call.reply(_failure(message_id, exc))
+            call.reply(failure(message_id, exc))
             return
         state = fields.get("state", state)
         if state == "completed":
-            call.reply(_converted(message_id, fields.get("reply", b""), call.envelope.content_type))
+            call.reply(converted(message_id, fields.get("reply", b""), call.envelope.content_type))
         elif state == "failed" and fields.get("error"):
             call.reply(SendResult(message_id, False, error=msgspec.msgpack.decode(fields["error"])))
         else:
             call.reply(
-                _failure(
+                failure(
                     message_id,
                     errors.AqError(
                         f"message {message_id} is {state} in this node's log "
@@ -344,7 +262,7 @@ class NodeCore:
         if waiter in msg.waiters:
             msg.waiters.remove(waiter)
             waiter.reply(
-                _failure(
+                failure(
                     msg.message_id,
                     errors.ReplyTimeout(
                         f"no reply within {timeout_ms} ms; message {msg.message_id} is still "
@@ -442,7 +360,7 @@ class NodeCore:
             else:
                 log.error("%s", problem.message)
                 if msg is not None:
-                    self._drop(msg, _failure(mid, problem))
+                    self._drop(msg, failure(mid, problem))
             if not stale and port.send is not None:
                 port.send(ipc.DispatchResult(mid, False, problem.to_dict()))
         if lost:
@@ -511,7 +429,7 @@ class NodeCore:
                 m.queue_wait.observe(labels, max(outcome.started_at - msg.enqueued_at, 0.0))
                 m.handler_time.observe(labels, outcome.duration_s)
             if outcome.ok:
-                self._drop_each(msg, _reply_in_callers_type(msg.message_id, outcome.reply))
+                self._drop_each(msg, reply_in_callers_type(msg.message_id, outcome.reply))
             else:
                 self._drop(msg, SendResult(msg.message_id, False, error=outcome.error))
 
@@ -529,182 +447,3 @@ class NodeCore:
                 waiter.timer.cancel()
             waiter.reply(result_for(waiter))
         msg.waiters.clear()
-
-    # ---- shard lifecycle -------------------------------------------------------------
-
-    def shard_up(self, shard: int, send: Callable[[Any], None]) -> None:
-        """A (re)started shard is ready: it gets its queue once nothing is in flight."""
-        port = self.ports[shard]
-        port.send = send
-        port.generation += 1
-        port.open = False
-        self._try_open(shard)
-
-    def _try_open(self, shard: int) -> None:
-        """Hand a restarted shard its queued messages in log order, then let new ones flow.
-
-        Waits while any of its messages is still in flight to the log: one of them might
-        come back `enqueued` and must run before the entity's later messages.
-        """
-        port = self.ports[shard]
-        if port.open or port.send is None:
-            return
-        mine = [m for m in self.live.values() if m.shard == shard]
-        if any(m.state not in SETTLED for m in mine):
-            return
-        for msg in mine:
-            if msg.state == "enqueued":
-                port.send(msg.deliver_item())
-        port.open = True
-
-    def shard_down(self, shard: int) -> None:
-        """A shard died: what it may have started is interrupted; its queue waits for it."""
-        port = self.ports[shard]
-        port.send = None
-        port.open = False
-        port.generation += 1
-        self._interrupt(
-            [m for m in self.live.values() if m.shard == shard and m.state == "dispatched"]
-        )
-
-    def _interrupt(self, messages: list[LiveMessage]) -> None:
-        """Dead-letter (or, with on_interrupt = "retry", requeue) messages a crash cut off."""
-        if not messages:
-            return
-        entries = []
-        for msg in messages:
-            msg.state = "interrupting"
-            error = errors.Interrupted(
-                f"shard {msg.shard} died while message {msg.message_id} may have been running; "
-                "the system does not run it again (strictly once, fail if interrupted)"
-            )
-            retry = self._retries_on_interrupt(msg)
-            if not retry:  # its fate is sealed: tell waiters now, not after the log write
-                self._drop(msg, _failure(msg.message_id, error), keep=True)
-            entries.append(
-                InterruptEntry(msg.message_id, retry, msgspec.msgpack.encode(error.to_dict()))
-            )
-        self.wal.interrupt(entries, lambda result: self._interrupted(messages, result))
-
-    def _retries_on_interrupt(self, msg: LiveMessage) -> bool:
-        if self.config.entity(msg.entity_type).on_interrupt != "retry":
-            return False
-        limit = max(self.config.retry_for(msg.entity_type).max_attempts, INTERRUPT_RETRY_FLOOR)
-        return msg.attempt < limit
-
-    def _interrupted(self, messages: list[LiveMessage], result: list[Any] | errors.AqError) -> None:
-        if isinstance(result, errors.AqError):
-            for msg in messages:
-                msg.state = "dispatched"
-            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._interrupt, messages)
-            return
-        shards = set()
-        for msg, outcome in zip(messages, result, strict=True):
-            shards.add(msg.shard)
-            if outcome == "enqueued":
-                msg.state, msg.attempt = "enqueued", msg.attempt + 1
-                continue
-            if outcome == "interrupted":
-                self.metrics.dead_lettered.inc((msg.entity_type, "interrupted"))
-            else:
-                log.error("interrupting %s: it was %s in the log", msg.message_id, outcome)
-            self._drop(
-                msg,
-                _failure(
-                    msg.message_id,
-                    errors.Interrupted(
-                        f"message {msg.message_id} was interrupted by a crash and dead-lettered"
-                    ),
-                ),
-            )
-        for shard in shards:
-            self._try_open(shard)
-
-    async def adopt_uncertain(self) -> int:
-        """Look up enqueues whose outcome a Redis failure hid; run those that did land
-        (their senders were told they failed, so they queue behind newer messages).
-        Returns how many were adopted."""
-        pending, self.uncertain = self.uncertain, []
-        if not pending:
-            return 0
-        try:
-            states = await self.wal.states([a.message_id for a in pending])
-        except errors.AqError:
-            self.uncertain = pending + self.uncertain  # still away: try again later
-            return 0
-        adopted, lost = 0, []
-        for a, state in zip(pending, states, strict=True):
-            if state not in ("enqueued", "dispatched") or a.message_id in self.live:
-                continue
-            msg = a.live_message(time.time(), state)
-            self.live[msg.message_id] = msg
-            self.depth[a.key] = self.depth.get(a.key, 0) + 1
-            self.workers.add(a.key)
-            adopted += 1
-            if state == "dispatched":
-                lost.append(msg)
-            else:
-                port = self.ports[a.shard]
-                if port.open and port.send is not None:
-                    port.send(msg.deliver_item())
-        self._interrupt(lost)
-        return adopted
-
-    # ---- recovery --------------------------------------------------------------------
-
-    async def recover(self, entries: list[dict[str, Any]]) -> tuple[int, int]:
-        """Rebuild the live set from the log at start: `enqueued` entries run again in log
-        order; `dispatched` ones are interrupted. Returns (requeued, interrupted)."""
-        interrupted: list[LiveMessage] = []
-        for fields in entries:
-            key = entity_key(fields["entity_type"], fields["entity_id"])
-            msg = LiveMessage(
-                fields["id"],
-                fields["entity_type"],
-                fields["message"],
-                fields["entity_id"],
-                key,
-                fields["payload"],
-                float(fields.get("enqueued_at", 0.0)),
-                self.ring.shard_for(key),
-                state=fields["state"],
-                attempt=int(fields.get("attempts", 0)) + 1,
-            )
-            if msg.state == "dispatched":
-                msg.attempt -= 1  # the interrupted run was that attempt
-                interrupted.append(msg)
-            elif msg.state != "enqueued":
-                continue
-            self.live[msg.message_id] = msg
-            self.depth[key] = self.depth.get(key, 0) + 1
-            self.workers.add(key)
-        if interrupted:
-            self._interrupt(interrupted)
-            await self._settled()
-        requeued = sum(1 for m in self.live.values() if m.state == "enqueued")
-        return requeued, len(interrupted)
-
-    async def _settled(self) -> None:
-        """Wait until no message is in flight to the log (recovery's interrupts landed)."""
-        while any(m.state not in SETTLED for m in self.live.values()):
-            await asyncio.sleep(0.01)
-
-
-def _failure(message_id: str, exc: errors.AqError) -> SendResult:
-    return SendResult(message_id, False, error=exc.to_dict())
-
-
-def _reply_in_callers_type(message_id: str, reply: bytes) -> Callable[[Waiter], SendResult]:
-    def result_for(waiter: Waiter) -> SendResult:
-        return _converted(message_id, reply, waiter.content_type)
-
-    return result_for
-
-
-def _converted(message_id: str, reply: bytes, content_type: str) -> SendResult:
-    """Give the reply in the content type the caller sent (JSON callers get JSON)."""
-    if content_type == JSON and reply:
-        return SendResult(
-            message_id, True, msgspec.json.encode(msgspec.msgpack.decode(reply)), JSON
-        )
-    return SendResult(message_id, True, reply)

@@ -1,0 +1,124 @@
+"""What the supervisor keeps per message and per shard, and how replies are shaped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from aqnode import errors, ipc
+from aqnode.bus import Envelope, SendResult
+from aqnode.catalogue import JSON
+
+Reply = Callable[[SendResult], None]
+#: Message states the supervisor tracks. `dispatching`, `retrying` and `interrupting` are
+#: in flight to the log: a restarted shard gets its queue only once none are left.
+SETTLED = frozenset({"enqueued", "dispatched"})
+
+
+@dataclass(slots=True)
+class Call:
+    """One send, from a client stream or a handler's bus."""
+
+    envelope: Envelope
+    wait: bool
+    timeout_ms: int
+    reply: Reply
+    caller: str = ""  # the sending handler's entity key, for SELF_WAIT
+
+
+@dataclass(slots=True)
+class Waiter:
+    reply: Reply
+    content_type: str
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class LiveMessage:
+    message_id: str
+    entity_type: str
+    message: str
+    entity_id: str
+    key: str
+    payload: bytes
+    enqueued_at: float
+    shard: int
+    state: str = "enqueued"  # enqueued|dispatching|dispatched|retrying|interrupting
+    attempt: int = 1
+    waiters: list[Waiter] = field(default_factory=list)
+
+    def deliver_item(self) -> ipc.Deliver:
+        return ipc.Deliver(
+            self.message_id,
+            self.entity_type,
+            self.message,
+            self.entity_id,
+            self.payload,
+            self.enqueued_at,
+            self.attempt,
+            self.state == "dispatched",
+        )
+
+
+@dataclass(slots=True)
+class Admitted:
+    call: Call
+    entity_type: str
+    entity_id: str
+    key: str
+    message_id: str
+    payload: bytes
+    shard: int
+    generation: int  # of the shard's port when admitted
+    dispatch: bool  # the entity was idle: logged straight as `dispatched`
+
+    def live_message(self, enqueued_at: float, state: str) -> LiveMessage:
+        return LiveMessage(
+            self.message_id,
+            self.entity_type,
+            self.call.envelope.message,
+            self.entity_id,
+            self.key,
+            self.payload,
+            enqueued_at,
+            self.shard,
+            state=state,
+        )
+
+
+class ShardPort:
+    """What the core needs of a shard: send it items, if it is up.
+
+    ``generation`` changes with every (re)start, so a log result that comes back after its
+    shard died is recognised as stale. ``open`` is false until a restarted shard has been
+    handed its queue in log order; new messages wait behind it meanwhile (FIFO).
+    """
+
+    def __init__(self) -> None:
+        self.send: Callable[[Any], None] | None = None  # None while the shard is down
+        self.generation = 0
+        self.open = False
+
+
+def failure(message_id: str, exc: errors.AqError) -> SendResult:
+    return SendResult(message_id, False, error=exc.to_dict())
+
+
+def reply_in_callers_type(message_id: str, reply: bytes) -> Callable[[Waiter], SendResult]:
+    def result_for(waiter: Waiter) -> SendResult:
+        return converted(message_id, reply, waiter.content_type)
+
+    return result_for
+
+
+def converted(message_id: str, reply: bytes, content_type: str) -> SendResult:
+    """Give the reply in the content type the caller sent (JSON callers get JSON)."""
+    if content_type == JSON and reply:
+        return SendResult(
+            message_id, True, msgspec.json.encode(msgspec.msgpack.decode(reply)), JSON
+        )
+    return SendResult(message_id, True, reply)
