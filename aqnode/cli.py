@@ -181,13 +181,13 @@ def status(config: str | None, address: str | None, as_json: bool) -> None:
     )
     click.echo(
         f"{'shard':>5} {'pid':>8} {'alive':>5} {'cpu%':>6} {'rss MB':>8} {'workers':>8} "
-        f"{'queued':>7} {'handled':>9} {'restarts':>8}"
+        f"{'queued':>7} {'handled':>9} {'per s':>8} {'restarts':>8}"
     )
     for s in reply.shards:
         click.echo(
             f"{s.index:>5} {s.pid:>8} {'yes' if s.alive else 'no':>5} {s.cpu_percent:>6.1f} "
             f"{s.rss_bytes / 1e6:>8.1f} {s.workers:>8} {s.queue_depth:>7} {s.handled:>9} "
-            f"{s.restarts:>8}"
+            f"{s.handled_per_s:>8.0f} {s.restarts:>8}"
         )
 
 

@@ -23,6 +23,7 @@ from aqnode import ipc
 log = logging.getLogger("aqnode.supervisor")
 
 READY_TIMEOUT_S = 60.0  #: seconds a shard may take to import its handler modules
+RATE_SMOOTHING = 0.5  #: weight of the newest heartbeat in the handled-per-second average
 READ_AFTER_EXIT_S = 1.0  #: seconds to finish reading a dead shard's last frames
 
 
@@ -46,6 +47,8 @@ class ShardLink:
         self.workers = 0
         self.queue_depth = 0
         self.handled = 0
+        self.handled_at: float | None = None
+        self.handled_per_s = 0.0
         self._reader: asyncio.Task[None] | None = None
         self._ps: psutil.Process | None = None
 
@@ -113,13 +116,26 @@ class ShardLink:
             items: list[ipc.ToSupervisor] = []
             for item in frame:
                 if isinstance(item, ipc.Heartbeat):
-                    self.last_heartbeat = time.monotonic()
-                    self.workers, self.queue_depth = item.workers, item.queue_depth
-                    self.handled = item.handled
+                    self._heartbeat(item)
                 else:
                     items.append(item)
             if items:
                 self._on_items(self.index, items)
+
+    def _heartbeat(self, item: ipc.Heartbeat) -> None:
+        now = time.monotonic()
+        elapsed = now - self.last_heartbeat
+        if self.handled_at is not None and elapsed > 0:
+            rate = max(item.handled - self.handled, 0) / elapsed
+            # An exponential average over a few heartbeats: steady, yet it follows load.
+            self.handled_per_s = (
+                rate
+                if not self.handled_per_s
+                else (RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self.handled_per_s)
+            )
+        self.handled_at = now
+        self.last_heartbeat = now
+        self.workers, self.queue_depth, self.handled = item.workers, item.queue_depth, item.handled
 
     def send(self, item: Any) -> None:
         if self.channel is not None:

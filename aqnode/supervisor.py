@@ -432,6 +432,7 @@ class Supervisor:
             if link is not None and link.pid is not None:
                 info.pid = link.pid
                 info.alive = link.ready
+                info.handled_per_s = link.handled_per_s
                 info.workers, info.queue_depth, info.handled = (
                     link.workers,
                     link.queue_depth,

@@ -125,7 +125,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("index", "pid", "alive", "cpu_percent", "rss_bytes", "workers", "queue_depth", "handled", "restarts")
+    __slots__ = ("index", "pid", "alive", "cpu_percent", "rss_bytes", "workers", "queue_depth", "handled", "restarts", "handled_per_s")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class ShardStatus(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     HANDLED_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    HANDLED_PER_S_FIELD_NUMBER: _ClassVar[int]
     index: int
     pid: int
     alive: bool
@@ -144,7 +145,8 @@ class ShardStatus(_message.Message):
     queue_depth: int
     handled: int
     restarts: int
-    def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., alive: _Optional[bool] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., queue_depth: _Optional[int] = ..., handled: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
+    handled_per_s: float
+    def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., alive: _Optional[bool] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., queue_depth: _Optional[int] = ..., handled: _Optional[int] = ..., restarts: _Optional[int] = ..., handled_per_s: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("server_id", "service_group", "listen", "role", "master", "epoch", "pid", "uptime_s", "shards", "live_messages", "version")

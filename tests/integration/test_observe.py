@@ -80,6 +80,7 @@ def test_status_shows_shards_and_what_they_did(tmp_path: Path, redis_url: str) -
             assert len(data["shards"]) == 2
             assert all(s["alive"] and int(s["pid"]) > 0 for s in data["shards"])
             assert all(int(s["rssBytes"]) > 0 for s in data["shards"])
+            assert all("handledPerS" in s for s in data["shards"])
             return sum(int(s["handled"]) for s in data["shards"])
 
         assert wait_for(lambda: handled() >= 31, message="status never showed the work")
