@@ -1,16 +1,20 @@
 """The write-ahead log: atomic Lua transitions, applied by group commit.
 
 Callers hand in a batch of transitions with a callback and return at once. One commit
-task takes everything pending, sends it to Redis as one pipeline (one EVALSHA per
-transition kind and chunk) and calls the callbacks in commit order. While a commit is in
-flight the next batch gathers; a lone transition commits on the next loop iteration,
-without any fixed delay. One commit at a time keeps the log's order equal to call order.
+task takes everything pending and writes it to Redis as one pipeline (one EVAL per
+transition kind and chunk) on the log's own connection; callbacks run in commit order.
+Up to MAX_IN_FLIGHT commits may await their replies while the next batch gathers; a lone
+transition commits on the next loop iteration, without any fixed delay. Redis runs one
+connection's commands in order, so the log's order is the order transitions were handed
+in. EVAL (not EVALSHA) carries each script's source: a Redis that lost its script cache
+(a restart) never refuses a commit, so no commit has to be re-sent out of order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -32,7 +36,8 @@ Callback = Callable[[Result | errors.AqError], None]
 #: dispatch of the same entity that travelled in the same frame.
 KINDS: Final = ("finish", "retry", "interrupt", "dispatch", "enqueue")
 SCRIPTS: Final = (*KINDS, "cleanup", "dlq_take")
-MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVALSHA; bounds one script's run time
+MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVAL; bounds one script's run time
+MAX_IN_FLIGHT: Final = 2  #: commits sent and not yet answered (double buffering)
 
 
 @dataclass(slots=True)
@@ -87,7 +92,7 @@ class WriteAheadLog:
         self._clock = clock
         self._sources = {name: load_lua(name) for name in SCRIPTS}
         self._shas: dict[str, str] = {}
-        self._raw = resp.RawPipeline(client)
+        self._raw = resp.PipelinedConnection(client)
         self._pending: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
         self.commits = 0  #: pipelines sent, for metrics and benchmarks
@@ -204,16 +209,24 @@ class WriteAheadLog:
             self._task = asyncio.get_running_loop().create_task(self._commit_loop())
 
     async def _commit_loop(self) -> None:
+        """Send commits as they gather; at most MAX_IN_FLIGHT wait for replies at once, so
+        a lone message never queues behind an unrelated commit, yet batches still form."""
+        in_flight: deque[asyncio.Future[None]] = deque()
         try:
-            while self._pending:
+            while self._pending or in_flight:
+                if not self._pending or len(in_flight) >= MAX_IN_FLIGHT:
+                    await asyncio.wait([in_flight[0]])
+                    in_flight.popleft()
+                    continue
                 batch, self._pending = self._pending, []
-                await self._commit(batch)
+                in_flight.append(await self._commit(batch))
         finally:
             self._task = None
 
-    async def _commit(self, batch: list[_Request]) -> None:
+    async def _commit(self, batch: list[_Request]) -> asyncio.Future[None]:
+        """Send one commit; the returned future is done once its callbacks have run."""
         now = repr(self._clock())
-        calls: list[tuple[str, list[Any]]] = []  # (kind, EVALSHA arguments after the sha)
+        calls: list[list[Any]] = []  # EVAL arguments
         spans: list[tuple[_Request, int, int]] = []  # request, first call, first item
         for kind in KINDS:
             requests = [r for r in batch if r.kind == kind]
@@ -227,18 +240,41 @@ class WriteAheadLog:
             if self.on_commit is not None:
                 self.on_commit(kind, len(items))
             for start in range(0, len(items), MAX_SCRIPT_BATCH):
-                calls.append(
-                    (kind, self._script_args(kind, items[start : start + MAX_SCRIPT_BATCH], now))
-                )
+                chunk = items[start : start + MAX_SCRIPT_BATCH]
+                calls.append(["EVAL", self._sources[kind], *self._script_args(kind, chunk, now)])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            replies = await self._execute(calls)
-        except errors.AqError as exc:
-            for request, _, _ in spans:
-                _call(request.done, exc)
-            return
-        self.commits += 1
-        for request, first_call, first_item in spans:
-            self._deliver(request, replies, first_call, first_item)
+            replies = await self._raw.send(calls)
+        except Exception as exc:
+            self._failed(spans, exc)
+            done.set_result(None)
+            return done
+
+        def delivered(future: asyncio.Future[list[Any]]) -> None:
+            # Replies come back in send order, so callbacks run in commit order.
+            exc = None if future.cancelled() else future.exception()
+            if future.cancelled() or exc is not None:
+                self._failed(spans, exc or ConnectionError("cancelled"))
+            else:
+                self.commits += 1
+                result = future.result()
+                for request, first_call, first_item in spans:
+                    self._deliver(request, result, first_call, first_item)
+            done.set_result(None)
+
+        replies.add_done_callback(delivered)
+        return done
+
+    def _failed(self, spans: list[tuple[_Request, int, int]], exc: BaseException) -> None:
+        error = (
+            errors.RedisUnavailable(
+                f"Redis did not answer ({exc}); nothing was written, try again when it is back"
+            )
+            if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError)
+            else errors.AqError(f"the write-ahead log failed: {exc}")
+        )
+        for request, _, _ in spans:
+            _call(request.done, error)
 
     def _deliver(
         self,
@@ -293,27 +329,6 @@ class WriteAheadLog:
                 )
             )
         return args
-
-    async def _execute(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        """Run the calls in one pipeline; reload scripts once if Redis forgot them."""
-        try:
-            replies = await self._pipeline(calls)
-            missing = [
-                i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
-            ]
-            if missing:
-                await self._load_scripts()
-                again = await self._pipeline([calls[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-            return replies
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise errors.RedisUnavailable(
-                f"Redis did not answer ({exc}); nothing was written, try again when it is back"
-            ) from exc
-
-    async def _pipeline(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        return await self._raw.run([("EVALSHA", self._shas[kind], *args) for kind, args in calls])
 
 
 def _text(value: Any) -> str:

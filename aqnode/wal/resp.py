@@ -1,14 +1,18 @@
-"""Commands to Redis as raw RESP on a connection of the log's own, for the hot path.
+"""Commands to Redis as raw RESP, pipelined on a connection of the log's own.
 
 redis-py encodes each argument in pure Python and copies its growing buffer for each
 one, and its pool does locking and bookkeeping on every checkout; a commit carries
-several arguments per message, so these costs dominated the supervisor's profile. Here
-a whole pipeline is packed with one ``bytes.join`` and written at once on one connection
-that only the (sequential) commit loop uses; replies are read with redis-py's parser.
+several arguments per message, so these costs dominated the supervisor's profile. Here a
+whole commit is packed with one ``bytes.join`` and written at once, and the next commit
+may be written before the previous one's replies are back: Redis runs the commands of
+one connection in order, so the log's order is the order of :meth:`send` calls. One
+reader takes the replies in that same order.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,42 +37,77 @@ def pack(args: Sequence[Arg]) -> list[bytes]:
     return parts
 
 
-class RawPipeline:
+class PipelinedConnection:
     """One dedicated connection, made from the client's settings, (re)opened on demand.
 
-    Not safe for concurrent use: the write-ahead log's commit loop runs one at a time.
+    :meth:`send` writes at once and returns a future of the replies; a command's error
+    reply stands in its place. A broken connection fails every batch in flight (their
+    outcome is unknown) and is thrown away; the next send opens a new one.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._pool = client.connection_pool
         self._conn: Any = None
+        self._waiting: deque[tuple[int, asyncio.Future[list[Any]]]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()
 
-    async def run(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Send the commands in one write and read one reply each; a command's error reply
-        is returned in its place, a broken connection raises (and is thrown away)."""
+    async def send(self, commands: Sequence[Sequence[Arg]]) -> asyncio.Future[list[Any]]:
         data: list[bytes] = []
         for command in commands:
             data.extend(pack(command))
-        conn = self._conn
-        if conn is None:
-            conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
-            await conn.connect()
-            self._conn = conn
+        conn = await self._connection()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         try:
             await conn.send_packed_command(b"".join(data), check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except redis_errors.ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            self._conn = None  # a half-read connection is never used again
-            await conn.disconnect()
+        except BaseException as exc:
+            await self._broken(conn, exc)
             raise
+        self._waiting.append((len(commands), future))
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read(conn))
+        return future
+
+    async def _connection(self) -> Any:
+        async with self._opening:
+            if self._conn is None:
+                conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
+                await conn.connect()
+                self._conn = conn
+            return self._conn
+
+    async def _read(self, conn: Any) -> None:
+        try:
+            while self._waiting and conn is self._conn:
+                count, future = self._waiting[0]
+                replies: list[Any] = []
+                for _ in range(count):
+                    try:
+                        replies.append(await conn.read_response())
+                    except redis_errors.ResponseError as exc:
+                        replies.append(exc)
+                self._waiting.popleft()
+                if not future.done():
+                    future.set_result(replies)
+        except BaseException as exc:
+            await self._broken(conn, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def _broken(self, conn: Any, exc: BaseException) -> None:
+        if conn is not self._conn:
+            return
+        self._conn = None
+        waiting, self._waiting = self._waiting, deque()
+        for _, future in waiting:
+            if not future.done():
+                future.set_exception(
+                    exc if isinstance(exc, Exception) else ConnectionError("connection closed")
+                )
+        await conn.disconnect()
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
         if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.disconnect()
+            await self._broken(self._conn, ConnectionError("the log was closed"))
