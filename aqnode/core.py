@@ -52,7 +52,11 @@ class NodeCore(ShardLifecycle):
         self.ports = [ShardPort() for _ in range(shards)]
         self.live: dict[str, LiveMessage] = {}
         self.depth: dict[str, int] = {}  # entity key -> live messages (admitted, not finished)
-        self.workers: set[str] = set()  # entity keys with a worker in some shard
+        #: entity keys a shard holds a worker for (a Deliver went out, no WorkerGone since)
+        self.workers: set[str] = set()
+        #: entity keys with unfinished messages and no worker yet (for max_total_workers)
+        self.new_entities: set[str] = set()
+        self.queued_total = 0  #: unfinished messages, admitted ones included
         self.draining = False
         self.redis_ok = True  # set by the supervisor's health check
         #: enqueues whose commit failed on a broken connection: they may be in the log
@@ -127,8 +131,7 @@ class NodeCore(ShardLifecycle):
             return None
         self._check_limits(spec.entity_type, key)
         depth = self.depth.get(key, 0)
-        self.depth[key] = depth + 1
-        self.workers.add(key)
+        self._track(key)
         shard = self.ring.shard_for(key)
         port = self.ports[shard]
         # An idle entity's message may be logged `dispatched` at once: its worker will
@@ -156,40 +159,69 @@ class NodeCore(ShardLifecycle):
                 code=errors.QUEUE_DEPTH_EXCEEDED,
             )
         total = self.config.max_total_queue_depth
-        if total and len(self.live) >= total:
+        if total and self.queued_total >= total:
             raise errors.BackpressureError(
-                f"the node holds {len(self.live)} queued messages, its limit "
+                f"the node holds {self.queued_total} queued messages, its limit "
                 f"(max_total_queue_depth = {total}); retry later",
                 code=errors.QUEUE_DEPTH_EXCEEDED,
             )
         workers = self.config.max_total_workers
-        if workers and key not in self.workers and len(self.workers) >= workers:
+        entities = len(self.workers) + len(self.new_entities)
+        known = key in self.workers or key in self.new_entities
+        if workers and not known and entities >= workers:
             raise errors.BackpressureError(
-                f"the node runs {len(self.workers)} entity workers, its limit "
+                f"the node runs {entities} entity workers, its limit "
                 f"(max_total_workers = {workers}); {key} has none yet; retry later",
                 code=errors.WORKER_LIMIT_EXCEEDED,
             )
 
+    def _track(self, key: str) -> None:
+        """Count one more unfinished message of ``key`` (admitted, recovered, adopted)."""
+        self.depth[key] = self.depth.get(key, 0) + 1
+        self.queued_total += 1
+        if key not in self.workers:
+            self.new_entities.add(key)
+
     def _release(self, key: str) -> None:
+        self.queued_total -= 1
         left = self.depth.get(key, 0) - 1
         if left > 0:
             self.depth[key] = left
         else:
             self.depth.pop(key, None)
+            self.new_entities.discard(key)
+
+    def _deliver(self, msg: LiveMessage) -> None:
+        """Hand ``msg`` to its shard (whose port is open); its entity now has a worker."""
+        port = self.ports[msg.shard]
+        assert port.send is not None
+        port.send(msg.deliver_item())
+        msg.held = False
+        self.workers.add(msg.key)
+        self.new_entities.discard(msg.key)
 
     def _logged(
         self, admitted: list[Admitted], now: float, result: list[Any] | errors.AqError
     ) -> None:
-        if isinstance(result, errors.AqError):
-            for a in admitted:
+        outcomes = [result] * len(admitted) if isinstance(result, errors.AqError) else result
+        never_started: list[LiveMessage] = []
+        for a, outcome in zip(admitted, outcomes, strict=True):
+            if isinstance(outcome, errors.AqError):
+                # The write may have landed with only its reply lost: say so, look later.
                 self._release(a.key)
-                a.call.reply(failure(a.message_id, result))
-            if isinstance(result, errors.RedisUnavailable):
-                # The write may have landed with only its reply lost: look again later.
-                self.uncertain.extend(a for a in admitted)
-            return
-        lost: list[LiveMessage] = []
-        for a, outcome in zip(admitted, result, strict=True):
+                self.uncertain.append(a)
+                a.call.reply(
+                    failure(
+                        a.message_id,
+                        errors.RedisUnavailable(
+                            f"{outcome.message}. Message {a.message_id} may or may not be in "
+                            "the log (if it is, it runs once Redis is back); send it again with "
+                            f"message_id={a.message_id!r} to be sure it runs exactly once",
+                            message_id=a.message_id,
+                        ),
+                    )
+                )
+                continue
             if not isinstance(outcome, int):  # the id was known to the log already
                 self._release(a.key)
                 self._duplicate(a, str(outcome))
@@ -199,14 +231,14 @@ class NodeCore(ShardLifecycle):
             self.live[a.message_id] = msg
             port = self.ports[a.shard]
             if a.dispatch and port.generation != a.generation:
-                lost.append(msg)  # its shard died meanwhile: nobody will run it
+                never_started.append(msg)  # its shard died meanwhile: it never got it
             elif port.open and port.send is not None:
-                port.send(msg.deliver_item())
+                self._deliver(msg)
             if a.call.wait:
                 self._add_waiter(msg, a.call)
             else:
                 a.call.reply(SendResult(a.message_id, True))
-        self._interrupt(lost)
+        self._undispatch(never_started)
 
     def _duplicate(self, a: Admitted, state: str) -> None:
         known = self.live.get(a.message_id)
@@ -293,6 +325,7 @@ class NodeCore(ShardLifecycle):
             elif isinstance(item, ipc.Outcome):
                 msg = self.live.get(item.message_id)
                 if msg is not None:
+                    msg.state = "finishing"  # it ran: a crash from now on interrupts nothing
                     finishes.append((msg, item))
             elif isinstance(item, ipc.Submit):
                 submits.append(self._shard_call(port, item))
@@ -311,8 +344,11 @@ class NodeCore(ShardLifecycle):
             self.submit(submits)
 
     def _shard_call(self, port: ShardPort, item: ipc.Submit) -> Call:
+        generation = port.generation
+
         def reply(result: SendResult) -> None:
-            if port.send is not None:
+            # A reply for a shard that has died since would reach the wrong request id.
+            if port.send is not None and port.generation == generation:
                 port.send(
                     ipc.SubmitResult(
                         item.request_id, result.ok, result.message_id, result.reply, result.error
@@ -331,40 +367,39 @@ class NodeCore(ShardLifecycle):
         outcomes: list[Any] = (
             [result] * len(ids) if isinstance(result, errors.AqError) else list(result)
         )
-        lost: list[LiveMessage] = []
+        never_started: list[LiveMessage] = []
         for mid, outcome in zip(ids, outcomes, strict=True):
             msg = self.live.get(mid)
+            answer: ipc.DispatchResult
             if outcome == 1:
                 if msg is not None:
                     msg.state = "dispatched"
-                    if stale:  # durable `dispatched`, but nobody will run it: interrupted
-                        lost.append(msg)
-                if not stale and port.send is not None:
-                    port.send(ipc.DispatchResult(mid, True))
-                continue
-            if isinstance(outcome, errors.AqError):  # not durable: still `enqueued`
-                if msg is not None:
+                    if stale:  # the go-ahead never reached a live shard
+                        never_started.append(msg)
+                answer = ipc.DispatchResult(mid, True)
+            elif isinstance(outcome, errors.AqError):  # not known to have applied: ask again
+                if msg is not None and msg.state == "dispatching":
                     msg.state = "enqueued"
-                if not stale and port.send is not None:
-                    port.send(ipc.DispatchResult(mid, False, outcome.to_dict()))
-                continue
-            problem = errors.AqError(
-                f"message {mid} was {outcome} in the write-ahead log, not enqueued, "
-                "so it was not run"
-            )
-            if outcome == "dispatched" and msg is not None:
-                # An earlier dispatch landed although its reply was lost (Redis went away
-                # mid-call). The log says it may have started: it is interrupted, not run.
-                msg.state = "dispatched"
-                lost.append(msg)
+                answer = ipc.DispatchResult(mid, False, outcome.to_dict(), again=True)
+            elif outcome == "dispatched" and msg is not None:
+                # An earlier dispatch of it landed although its reply was lost; the shard
+                # was told to wait, so it never started: take the mark back, ask again.
+                if msg.state not in ("undispatching", "interrupting"):
+                    msg.state = "dispatched"
+                    never_started.append(msg)
+                answer = ipc.DispatchResult(mid, False, None, again=True)
             else:
-                log.error("%s", problem.message)
+                problem = errors.AqError(
+                    f"message {mid} was {outcome} in the write-ahead log, not enqueued, "
+                    "so it was not run"
+                )
                 if msg is not None:
+                    log.error("%s", problem.message)
                     self._drop(msg, failure(mid, problem))
+                answer = ipc.DispatchResult(mid, False, problem.to_dict())
             if not stale and port.send is not None:
-                port.send(ipc.DispatchResult(mid, False, problem.to_dict()))
-        if lost:
-            self._interrupt(lost)
+                port.send(answer)
+        self._undispatch(never_started)
         if stale:
             self._try_open(self.ports.index(port))
 
@@ -377,18 +412,25 @@ class NodeCore(ShardLifecycle):
             outcomes = [result] * len(retries) if isinstance(result, errors.AqError) else result
             stale = port.generation != generation
             for (msg, _), outcome in zip(retries, outcomes, strict=True):
-                ok = outcome in (1, "enqueued")
-                if ok:
+                if outcome in (1, "enqueued"):
                     msg.state, msg.attempt = "enqueued", msg.attempt + 1
+                    answer = ipc.RetryResult(msg.message_id, True)
+                elif isinstance(outcome, errors.AqError):  # still `dispatched`: ask again
+                    msg.state = "dispatched"
+                    answer = ipc.RetryResult(msg.message_id, False, outcome.to_dict(), again=True)
                 else:
-                    msg.state = "dispatched"  # still durable as dispatched
-                if stale:
-                    continue
-                if port.send is not None:
-                    error = outcome.to_dict() if isinstance(outcome, errors.AqError) else None
-                    port.send(ipc.RetryResult(msg.message_id, ok, error))
+                    problem = errors.AqError(
+                        f"message {msg.message_id} was {outcome} in the log when its retry "
+                        "was recorded; it is not run again"
+                    )
+                    log.error("%s", problem.message)
+                    self._drop(msg, failure(msg.message_id, problem))
+                    answer = ipc.RetryResult(msg.message_id, False, problem.to_dict())
+                if not stale and port.send is not None:
+                    port.send(answer)
             if stale:
-                # The shard died waiting: whatever is `dispatched` still is interrupted.
+                # The shard died waiting: what is still `dispatched` ran, so it is
+                # interrupted; what is `enqueued` again goes to the restarted shard.
                 self._interrupt([m for m, _ in retries if m.state == "dispatched"])
                 self._try_open(self.ports.index(port))
 
@@ -410,12 +452,14 @@ class NodeCore(ShardLifecycle):
     def _finished(
         self, finishes: list[tuple[LiveMessage, ipc.Outcome]], result: list[Any] | errors.AqError
     ) -> None:
-        if isinstance(result, errors.AqError):
-            # The handler ran but its outcome is not durable yet: keep trying, the message
-            # stays `dispatched` meanwhile (never guessed, never re-run).
-            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._finish, finishes)
-            return
-        for (msg, outcome), status in zip(finishes, result, strict=True):
+        outcomes = [result] * len(finishes) if isinstance(result, errors.AqError) else result
+        again: list[tuple[LiveMessage, ipc.Outcome]] = []
+        for (msg, outcome), status in zip(finishes, outcomes, strict=True):
+            if isinstance(status, errors.AqError):
+                # The handler ran but its outcome is not durable yet: keep trying; the
+                # entry stays `dispatched` meanwhile (never guessed, never re-run).
+                again.append((msg, outcome))
+                continue
             if status not in (1, "completed", "failed"):  # a retried commit finds its own
                 log.error(
                     "outcome of %s not recorded: it was %s in the log", msg.message_id, status
@@ -432,6 +476,25 @@ class NodeCore(ShardLifecycle):
                 self._drop_each(msg, reply_in_callers_type(msg.message_id, outcome.reply))
             else:
                 self._drop(msg, SendResult(msg.message_id, False, error=outcome.error))
+        if again:
+            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._finish, again)
+
+    def abandon_waiters(self) -> None:
+        """At shutdown: nobody will answer the remaining waiters later, so answer now."""
+        for msg in list(self.live.values()):
+            if not msg.waiters:
+                continue
+            if msg.state in ("dispatched", "interrupting"):
+                error: errors.AqError = errors.Interrupted(
+                    f"the node stopped while message {msg.message_id} may have been running; "
+                    "it will be dead-lettered, not run again"
+                )
+            else:
+                error = errors.Draining(
+                    f"the node stopped before message {msg.message_id} ran; it stays in the "
+                    "log and runs when the node starts again"
+                )
+            self._drop(msg, failure(msg.message_id, error), keep=True)
 
     def _drop(self, msg: LiveMessage, result: SendResult, *, keep: bool = False) -> None:
         self._drop_each(msg, lambda _w: result, keep=keep)

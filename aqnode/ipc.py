@@ -121,12 +121,14 @@ class DispatchResult(_Item):
     message_id: str
     ok: bool
     error: dict[str, Any] | None = None
+    again: bool = False  # not applied, the message keeps its place: ask again later
 
 
 class RetryResult(_Item):
     message_id: str
     ok: bool
     error: dict[str, Any] | None = None
+    again: bool = False
 
 
 class SubmitResult(_Item):

@@ -2,8 +2,9 @@
 
 A dead shard's `dispatched` messages are interrupted (dead-lettered, or requeued where
 `on_interrupt = "retry"`); its queue is handed to the restarted shard in log order once
-nothing of it is still in flight to the log. The same interrupt path serves recovery at
-start and transitions whose reply a Redis failure hid.
+nothing of it is still in flight to the log. A `dispatched` mark whose go-ahead never
+reached a live shard is taken back (`undispatch`): that message provably never started.
+The same paths serve recovery at start and transitions whose reply a Redis failure hid.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 from aqnode import errors
 from aqnode.bus import SendResult
 from aqnode.config import NodeConfig
-from aqnode.live import SETTLED, Admitted, LiveMessage, ShardPort, failure
+from aqnode.live import IN_FLIGHT, Admitted, LiveMessage, ShardPort, failure
 from aqnode.metrics import NodeMetrics
 from aqnode.router import HashRing, entity_key
 from aqnode.wal import InterruptEntry, WriteAheadLog
@@ -40,12 +41,17 @@ class ShardLifecycle:
     ring: HashRing
     ports: list[ShardPort]
     live: dict[str, LiveMessage]
-    depth: dict[str, int]
     workers: set[str]
     metrics: NodeMetrics
     uncertain: list[Admitted]
 
     def _drop(self, msg: LiveMessage, result: SendResult, *, keep: bool = False) -> None:
+        raise NotImplementedError
+
+    def _track(self, key: str) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, msg: LiveMessage) -> None:
         raise NotImplementedError
 
     # ---- shard lifecycle -------------------------------------------------------------
@@ -68,12 +74,12 @@ class ShardLifecycle:
         if port.open or port.send is None:
             return
         mine = [m for m in self.live.values() if m.shard == shard]
-        if any(m.state not in SETTLED for m in mine):
+        if any(m.state in IN_FLIGHT for m in mine):
             return
+        port.open = True
         for msg in mine:
             if msg.state == "enqueued":
-                port.send(msg.deliver_item())
-        port.open = True
+                self._deliver(msg)
 
     def shard_down(self, shard: int) -> None:
         """A shard died: what it may have started is interrupted; its queue waits for it."""
@@ -81,9 +87,18 @@ class ShardLifecycle:
         port.send = None
         port.open = False
         port.generation += 1
-        self._interrupt(
-            [m for m in self.live.values() if m.shard == shard and m.state == "dispatched"]
-        )
+        # Its workers died with it; its queued messages are its successor's to receive.
+        self.workers.difference_update([k for k in self.workers if self.ring.shard_for(k) == shard])
+        cut_off = []
+        for msg in self.live.values():
+            if msg.shard == shard:
+                msg.held = True
+                self._track(msg.key)
+                if msg.state == "dispatched":
+                    cut_off.append(msg)
+        self._interrupt(cut_off)
+
+    # ---- interrupted: dead-letter or requeue -------------------------------------------
 
     def _interrupt(self, messages: list[LiveMessage]) -> None:
         """Dead-letter (or, with on_interrupt = "retry", requeue) messages a crash cut off."""
@@ -91,13 +106,14 @@ class ShardLifecycle:
             return
         entries = []
         for msg in messages:
+            first = msg.state != "interrupting"
             msg.state = "interrupting"
             error = errors.Interrupted(
                 f"shard {msg.shard} died while message {msg.message_id} may have been running; "
                 "the system does not run it again (strictly once, fail if interrupted)"
             )
             retry = self._retries_on_interrupt(msg)
-            if not retry:  # its fate is sealed: tell waiters now, not after the log write
+            if first and not retry:  # its fate is sealed: tell waiters now, not after the log
                 self._drop(msg, failure(msg.message_id, error), keep=True)
             entries.append(
                 InterruptEntry(msg.message_id, retry, msgspec.msgpack.encode(error.to_dict()))
@@ -111,37 +127,86 @@ class ShardLifecycle:
         return msg.attempt < limit
 
     def _interrupted(self, messages: list[LiveMessage], result: list[Any] | errors.AqError) -> None:
-        if isinstance(result, errors.AqError):
-            for msg in messages:
-                msg.state = "dispatched"
-            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._interrupt, messages)
-            return
+        outcomes = [result] * len(messages) if isinstance(result, errors.AqError) else result
+        again: list[LiveMessage] = []
         shards = set()
-        for msg, outcome in zip(messages, result, strict=True):
+        for msg, outcome in zip(messages, outcomes, strict=True):
             shards.add(msg.shard)
-            if outcome == "enqueued":
+            if isinstance(outcome, errors.AqError):  # not recorded: stays in flight, again
+                again.append(msg)
+            elif outcome == "enqueued":
                 msg.state, msg.attempt = "enqueued", msg.attempt + 1
-                continue
-            if outcome == "interrupted":
-                self.metrics.dead_lettered.inc((msg.entity_type, "interrupted"))
+                port = self.ports[msg.shard]
+                if msg.held and port.open and port.send is not None:
+                    self._deliver(msg)
             else:
-                log.error("interrupting %s: it was %s in the log", msg.message_id, outcome)
-            self._drop(
-                msg,
-                failure(
-                    msg.message_id,
-                    errors.Interrupted(
-                        f"message {msg.message_id} was interrupted by a crash and dead-lettered"
+                if outcome == "interrupted":
+                    self.metrics.dead_lettered.inc((msg.entity_type, "interrupted"))
+                else:
+                    log.error("interrupting %s: it was %s in the log", msg.message_id, outcome)
+                self._drop(
+                    msg,
+                    failure(
+                        msg.message_id,
+                        errors.Interrupted(
+                            f"message {msg.message_id} was interrupted by a crash and dead-lettered"
+                        ),
                     ),
-                ),
-            )
+                )
+        if again:
+            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._interrupt, again)
         for shard in shards:
             self._try_open(shard)
 
+    # ---- never started: take the dispatched mark back ----------------------------------
+
+    def _undispatch(self, messages: list[LiveMessage]) -> None:
+        """`dispatched` in the log, but no live shard ever got the go-ahead: back to
+        `enqueued`, so that the message runs in its turn instead of being dead-lettered."""
+        if not messages:
+            return
+        for msg in messages:
+            msg.state = "undispatching"
+        ids = [m.message_id for m in messages]
+        self.wal.undispatch(ids, lambda result: self._undispatched(messages, result))
+
+    def _undispatched(
+        self, messages: list[LiveMessage], result: list[Any] | errors.AqError
+    ) -> None:
+        outcomes = [result] * len(messages) if isinstance(result, errors.AqError) else result
+        again: list[LiveMessage] = []
+        shards = set()
+        for msg, outcome in zip(messages, outcomes, strict=True):
+            shards.add(msg.shard)
+            if isinstance(outcome, errors.AqError):
+                again.append(msg)
+            elif outcome == 1:
+                msg.state = "enqueued"
+                port = self.ports[msg.shard]
+                if msg.held and port.open and port.send is not None:
+                    self._deliver(msg)
+            else:
+                log.error("taking back %s: it was %s in the log", msg.message_id, outcome)
+                self._drop(
+                    msg,
+                    failure(
+                        msg.message_id,
+                        errors.AqError(
+                            f"message {msg.message_id} was {outcome} in the log; it was not run"
+                        ),
+                    ),
+                )
+        if again:
+            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._undispatch, again)
+        for shard in shards:
+            self._try_open(shard)
+
+    # ---- enqueues whose reply was lost -------------------------------------------------
+
     async def adopt_uncertain(self) -> int:
         """Look up enqueues whose outcome a Redis failure hid; run those that did land
-        (their senders were told they failed, so they queue behind newer messages).
-        Returns how many were adopted."""
+        (their senders were told the outcome is unknown, so they queue behind newer
+        messages). Returns how many were adopted."""
         pending, self.uncertain = self.uncertain, []
         if not pending:
             return 0
@@ -150,22 +215,21 @@ class ShardLifecycle:
         except errors.AqError:
             self.uncertain = pending + self.uncertain  # still away: try again later
             return 0
-        adopted, lost = 0, []
+        adopted, never_started = 0, []
         for a, state in zip(pending, states, strict=True):
             if state not in ("enqueued", "dispatched") or a.message_id in self.live:
                 continue
             msg = a.live_message(time.time(), state)
             self.live[msg.message_id] = msg
-            self.depth[a.key] = self.depth.get(a.key, 0) + 1
-            self.workers.add(a.key)
+            self._track(a.key)
             adopted += 1
-            if state == "dispatched":
-                lost.append(msg)
+            if state == "dispatched":  # the fast path wrote it so; nobody ever ran it
+                never_started.append(msg)
             else:
                 port = self.ports[a.shard]
                 if port.open and port.send is not None:
-                    port.send(msg.deliver_item())
-        self._interrupt(lost)
+                    self._deliver(msg)
+        self._undispatch(never_started)
         return adopted
 
     # ---- recovery --------------------------------------------------------------------
@@ -194,8 +258,7 @@ class ShardLifecycle:
             elif msg.state != "enqueued":
                 continue
             self.live[msg.message_id] = msg
-            self.depth[key] = self.depth.get(key, 0) + 1
-            self.workers.add(key)
+            self._track(key)
         if interrupted:
             self._interrupt(interrupted)
             await self._settled()
@@ -204,5 +267,5 @@ class ShardLifecycle:
 
     async def _settled(self) -> None:
         """Wait until no message is in flight to the log (recovery's interrupts landed)."""
-        while any(m.state not in SETTLED for m in self.live.values()):
+        while any(m.state in IN_FLIGHT for m in self.live.values()):
             await asyncio.sleep(0.01)

@@ -14,9 +14,10 @@ from aqnode.bus import Envelope, SendResult
 from aqnode.catalogue import JSON
 
 Reply = Callable[[SendResult], None]
-#: Message states the supervisor tracks. `dispatching`, `retrying` and `interrupting` are
-#: in flight to the log: a restarted shard gets its queue only once none are left.
-SETTLED = frozenset({"enqueued", "dispatched"})
+#: Message states the supervisor tracks: enqueued, dispatched, finishing (its outcome is
+#: on its way to the log) and the ones in IN_FLIGHT, whose next state the log has not
+#: confirmed yet: a restarted shard gets its queue only once none of them is left.
+IN_FLIGHT = frozenset({"dispatching", "retrying", "interrupting", "undispatching"})
 
 
 @dataclass(slots=True)
@@ -47,7 +48,8 @@ class LiveMessage:
     payload: bytes
     enqueued_at: float
     shard: int
-    state: str = "enqueued"  # enqueued|dispatching|dispatched|retrying|interrupting
+    state: str = "enqueued"  # see IN_FLIGHT
+    held: bool = True  # the shard does not have it (never delivered, or its shard died)
     attempt: int = 1
     waiters: list[Waiter] = field(default_factory=list)
 

@@ -42,6 +42,7 @@ class ShardLink:
         self.process: asyncio.subprocess.Process | None = None
         self.channel: ipc.FrameChannel[ipc.ToSupervisor] | None = None
         self.ready = False
+        self.exited = False  # the process is gone; its last frames are still being read
         self.started_at = 0.0
         self.last_heartbeat = 0.0
         self.workers = 0
@@ -117,6 +118,8 @@ class ShardLink:
             for item in frame:
                 if isinstance(item, ipc.Heartbeat):
                     self._heartbeat(item)
+                elif self.exited and isinstance(item, ipc.Dispatch):
+                    continue  # asked by a shard that is gone: nobody could run it
                 else:
                     items.append(item)
             if items:
@@ -146,6 +149,7 @@ class ShardLink:
         assert self.process is not None
         code = await self.process.wait()
         self.ready = False
+        self.exited = True
         if self._reader is not None:
             # Read what the shard wrote before it died (an outcome may be in there).
             try:

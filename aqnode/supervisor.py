@@ -409,10 +409,14 @@ class Supervisor:
         self._stopping = True
         if self.core is not None:
             self.core.draining = True
+            # Commits in flight deliver before Stop: a message already written `dispatched`
+            # reaches its shard, which runs it while draining, not after.
+            await self.core.wal.flush()
         links = [s.link for s in self.slots if s.link is not None]
         await asyncio.gather(*(link.stop(self.config.drain_timeout_ms) for link in links))
         if self.core is not None:
             await self.core.wal.close()
+            self.core.abandon_waiters()
         if self._server is not None:
             await self._server.stop(grace=1.0)
         if self._metrics_server is not None:

@@ -100,9 +100,21 @@ class WorkerPool:
     # ---- the worker's task -----------------------------------------------------------
 
     async def _run(self, worker: EntityWorker) -> None:
+        try:
+            await self._walk(worker)
+        finally:
+            # Whatever ends the walk, the worker must take its next Deliver again.
+            worker.running = False
+            if not worker.queue:
+                worker.queue = None
+                idle = self._idle.setdefault(worker.entity_type, OrderedDict())
+                idle[worker.key] = time.monotonic()
+
+    async def _walk(self, worker: EntityWorker) -> None:
         queue = worker.queue
         assert queue is not None
-        while queue and not self.draining:
+        # Draining starts nothing new, but a head already `dispatched` in the log runs.
+        while queue and (not self.draining or queue[0].dispatched):
             item = queue[0]
             if item.dispatched:
                 item.dispatched = False  # a retry of it asks again
@@ -124,10 +136,6 @@ class WorkerPool:
             self._pop(worker)
             self.handled += 1
             self._send(outcome)
-        worker.running = False
-        if not queue:
-            worker.queue = None
-            self._idle.setdefault(worker.entity_type, OrderedDict())[worker.key] = time.monotonic()
 
     def _pop(self, worker: EntityWorker) -> None:
         assert worker.queue is not None
@@ -146,8 +154,8 @@ class WorkerPool:
             result = await future
             if result.ok:
                 return True
-            if (result.error or {}).get("code") != errors.REDIS_UNAVAILABLE or self.draining:
-                return False
+            if not result.again or self.draining:
+                return False  # refused for good: the supervisor has answered its waiters
             await self._pause(delay)
             delay = min(delay * 2, DISPATCH_RETRY_MAX_S)
 
@@ -179,7 +187,13 @@ class WorkerPool:
             msg = spec.msgpack_decoder.decode(item.payload)
             reply = await self._call(spec, msg, item)
             encoded = self._encoder.encode(reply)
-        except Exception as exc:  # the handler's failure is the message's outcome
+        except BaseException as exc:  # the handler's failure is the message's outcome
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit) and (
+                not isinstance(exc, asyncio.CancelledError)
+                or (task is not None and task.cancelling())
+            ):
+                raise  # the worker itself is being stopped, not a handler failure
             error = handler_error(exc).to_dict()
             return ipc.Outcome(
                 item.message_id, False, b"", error, started_at, time.perf_counter() - started

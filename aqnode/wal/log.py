@@ -34,7 +34,7 @@ Callback = Callable[[Result | errors.AqError], None]
 
 #: The order kinds are applied in within one commit: an outcome lands before the next
 #: dispatch of the same entity that travelled in the same frame.
-KINDS: Final = ("finish", "retry", "interrupt", "dispatch", "enqueue")
+KINDS: Final = ("finish", "retry", "interrupt", "undispatch", "dispatch", "enqueue")
 SCRIPTS: Final = (*KINDS, "cleanup", "dlq_take")
 MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVAL; bounds one script's run time
 MAX_IN_FLIGHT: Final = 2  #: commits sent and not yet answered (double buffering)
@@ -123,6 +123,9 @@ class WriteAheadLog:
 
     def interrupt(self, entries: Sequence[InterruptEntry], done: Callback) -> None:
         self._add(_Request("interrupt", entries, done))
+
+    def undispatch(self, message_ids: Sequence[str], done: Callback) -> None:
+        self._add(_Request("undispatch", message_ids, done))
 
     async def read_entry(self, message_id: str) -> dict[str, Any]:
         """One entry's fields (text fields as str, ``payload``/``reply``/``error`` as bytes)."""
@@ -283,18 +286,19 @@ class WriteAheadLog:
         first_call: int,
         first_item: int,
     ) -> None:
+        """Hand a request its results; a chunk whose script failed gives each of its
+        items that error (an :class:`~aqnode.errors.AqError`) instead of a result."""
         results: list[Any] = []
         index = first_item
         for _ in request.items:
-            call = first_call + index // MAX_SCRIPT_BATCH
-            reply = replies[call]
+            reply = replies[first_call + index // MAX_SCRIPT_BATCH]
             if isinstance(reply, Exception):
-                _call(request.done, _translate(reply))
-                return
-            value = reply[index % MAX_SCRIPT_BATCH]
-            results.append(value.decode() if isinstance(value, bytes) else value)
+                results.append(_translate(reply))
+            else:
+                value = reply[index % MAX_SCRIPT_BATCH]
+                results.append(value.decode() if isinstance(value, bytes) else value)
+                self.committed += 1
             index += 1
-        self.committed += len(results)
         _call(request.done, results)
 
     def _script_args(self, kind: str, items: Sequence[Any], now: str) -> list[Any]:
@@ -303,6 +307,8 @@ class WriteAheadLog:
         args: list[Any]
         if kind == "dispatch":
             return [len(entries), *entries, now]
+        if kind == "undispatch":
+            return [len(entries), *entries]
         if kind == "retry":
             return [len(entries), *entries, *(e.error for e in items)]
         if kind == "finish":
@@ -340,7 +346,9 @@ def _id_of(item: Any) -> str:
 
 
 def _translate(exc: Exception) -> errors.AqError:
-    return errors.AqError(f"the write-ahead log refused a transition: {exc}")
+    """A script's error reply (MISCONF, OOM, READONLY, ...): nothing of it is known to
+    have applied, so callers treat it like an outage of that transition and try again."""
+    return errors.RedisUnavailable(f"Redis refused the write-ahead log's transition: {exc}")
 
 
 def _call(done: Callback, value: Result | errors.AqError) -> None:

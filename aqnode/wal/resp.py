@@ -50,6 +50,7 @@ class PipelinedConnection:
         self._conn: Any = None
         self._waiting: deque[tuple[int, asyncio.Future[list[Any]]]] = deque()
         self._reader: asyncio.Task[None] | None = None
+        self._reader_conn: Any = None
         self._opening = asyncio.Lock()
 
     async def send(self, commands: Sequence[Sequence[Arg]]) -> asyncio.Future[list[Any]]:
@@ -64,7 +65,8 @@ class PipelinedConnection:
             await self._broken(conn, exc)
             raise
         self._waiting.append((len(commands), future))
-        if self._reader is None or self._reader.done():
+        if self._reader is None or self._reader.done() or self._reader_conn is not conn:
+            self._reader_conn = conn  # a reader still bound to a dead connection exits
             self._reader = asyncio.get_running_loop().create_task(self._read(conn))
         return future
 

@@ -1,0 +1,215 @@
+"""Races in the supervisor's core, replayed step by step with a scripted log.
+
+The integration tests show the guarantees with real faults; the interleavings here (a
+shard dying with a commit in flight, a reply lost to a Redis failure) are too narrow to
+hit on purpose with real processes, so the log's answers are given by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from aqnode import ipc
+from aqnode.bus import Envelope, SendResult
+from aqnode.catalogue import build_catalogue, import_handler_modules
+from aqnode.config import parse_config
+from aqnode.core import Call, NodeCore
+from aqnode.errors import RedisUnavailable
+
+Done = Callable[[Any], None]
+
+
+class ScriptedLog:
+    """Records every transition handed in; the test answers each one when it likes."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, list[Any], Done]] = []
+        self.on_commit = None
+
+    def _add(self, kind: str, items: Any, done: Done) -> None:
+        self.requests.append((kind, list(items), done))
+
+    def enqueue(self, items: Any, done: Done) -> None:
+        self._add("enqueue", items, done)
+
+    def dispatch(self, items: Any, done: Done) -> None:
+        self._add("dispatch", items, done)
+
+    def undispatch(self, items: Any, done: Done) -> None:
+        self._add("undispatch", items, done)
+
+    def finish(self, items: Any, done: Done) -> None:
+        self._add("finish", items, done)
+
+    def retry(self, items: Any, done: Done) -> None:
+        self._add("retry", items, done)
+
+    def interrupt(self, items: Any, done: Done) -> None:
+        self._add("interrupt", items, done)
+
+    def take(self, kind: str) -> tuple[list[Any], Done]:
+        for i, (k, items, done) in enumerate(self.requests):
+            if k == kind:
+                del self.requests[i]
+                return items, done
+        raise AssertionError(f"no {kind} transition was handed in: {self.requests}")
+
+    def kinds(self) -> list[str]:
+        return [k for k, _, _ in self.requests]
+
+
+class Harness:
+    def __init__(self, extra: str = "") -> None:
+        cfg = parse_config('handlers = ["aqnode.examples.bank"]\nshards = 1\n' + extra)
+        import_handler_modules(cfg.handlers)
+        catalogue = build_catalogue({})
+        self.log = ScriptedLog()
+        self.core = NodeCore(cfg, catalogue, self.log, 1)  # type: ignore[arg-type]
+        self.sent: list[Any] = []
+        self.core.shard_up(0, self.sent.append)
+
+    def send(
+        self, account: str = "a1", *, wait: bool = True, message_id: str = ""
+    ) -> list[SendResult]:
+        replies: list[SendResult] = []
+        payload = msgspec.msgpack.encode({"account_id": account, "amount": 1})
+        env = Envelope("account", "Deposit", account, payload, message_id=message_id)
+        self.core.submit([Call(env, wait, 60000, replies.append)])
+        return replies
+
+    def restart_shard(self) -> None:
+        self.core.shard_down(0)
+        self.sent = []
+        self.core.shard_up(0, self.sent.append)
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def in_loop(test: Callable[..., None]) -> Callable[..., None]:
+    """Run the (synchronous) test body inside a running event loop, as the core expects."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        async def body() -> None:
+            test(*args, **kwargs)
+
+        asyncio.run(body())
+
+    return run
+
+
+@in_loop
+def test_a_shard_dying_after_its_outcome_does_not_interrupt_the_message(h: Harness) -> None:
+    replies = h.send()
+    items, done = h.log.take("enqueue")
+    done([1])
+    mid = items[0].message_id
+    h.core.on_shard_items(0, [ipc.Outcome(mid, True, msgspec.msgpack.encode({"x": 1}))])
+    h.core.shard_down(0)  # the shard's last frame was read, then it died
+    assert "interrupt" not in h.log.kinds()
+    _, finished = h.log.take("finish")
+    finished([1])
+    assert replies[0].ok, replies[0].error
+
+
+@in_loop
+def test_a_dispatch_whose_reply_was_lost_is_taken_back_and_runs(h: Harness) -> None:
+    first = h.send()
+    second = h.send()  # queued behind the first: it will ask for its dispatch mark
+    (one,), done_1 = h.log.take("enqueue")
+    (two,), done_2 = h.log.take("enqueue")
+    done_1([1])
+    done_2([2])
+    mid_1, mid_2 = one.message_id, two.message_id
+    h.core.on_shard_items(0, [ipc.Outcome(mid_1, True, b"")])
+    h.log.take("finish")[1]([1])
+    assert first[0].ok
+    h.core.on_shard_items(0, [ipc.Dispatch(mid_2)])
+    h.log.take("dispatch")[1](RedisUnavailable("connection reset"))  # it landed, unseen
+    assert h.sent[-1] == ipc.DispatchResult(mid_2, False, h.sent[-1].error, again=True)
+    h.core.on_shard_items(0, [ipc.Dispatch(mid_2)])  # the shard asks again
+    h.log.take("dispatch")[1](["dispatched"])
+    assert h.sent[-1].again and not h.sent[-1].ok
+    taken, undone = h.log.take("undispatch")
+    assert taken == [mid_2]
+    undone([1])
+    h.core.on_shard_items(0, [ipc.Dispatch(mid_2)])
+    h.log.take("dispatch")[1]([1])
+    assert h.sent[-1] == ipc.DispatchResult(mid_2, True)
+    assert "interrupt" not in h.log.kinds() and second == []
+
+
+@in_loop
+def test_a_fast_path_message_in_flight_when_its_shard_dies_runs_on_the_next(
+    h: Harness,
+) -> None:
+    replies = h.send()
+    items, done = h.log.take("enqueue")
+    assert items[0].dispatch, "an idle entity's message is written dispatched at once"
+    h.restart_shard()  # dies while the enqueue commit is in flight
+    done([1])
+    taken, undone = h.log.take("undispatch")
+    assert taken == [items[0].message_id] and h.sent == []
+    undone([1])
+    (delivered,) = h.sent
+    assert delivered.message_id == items[0].message_id and not delivered.dispatched
+    assert replies == []  # still waiting: it was never interrupted
+
+
+@in_loop
+def test_refused_or_failed_sends_do_not_count_as_workers() -> None:
+    h = Harness("max_total_workers = 2\n")
+    for i in range(3):
+        h.send(f"done-{i}", wait=False, message_id=f"old-{i}")
+        h.log.take("enqueue")[1](["completed"])  # idempotent resends of finished ids
+    h.send("lost", wait=False)
+    h.log.take("enqueue")[1](RedisUnavailable("gone"))
+    accepted = h.send("fresh", wait=False)
+    assert accepted == []  # admitted, waiting for its commit: not refused
+    assert h.log.kinds() == ["enqueue"]
+
+
+@in_loop
+def test_max_total_queue_depth_counts_messages_not_yet_logged() -> None:
+    h = Harness("max_total_queue_depth = 10\n")
+    replies: list[SendResult] = []
+    calls = []
+    for i in range(50):
+        payload = msgspec.msgpack.encode({"account_id": f"k{i}", "amount": 1})
+        env = Envelope("account", "Deposit", f"k{i}", payload)
+        calls.append(Call(env, False, 0, replies.append))
+    h.core.submit(calls)
+    items, _ = h.log.take("enqueue")
+    assert len(items) == 10
+    assert len(replies) == 40
+    assert {r.error["code"] for r in replies if r.error} == {"QUEUE_DEPTH_EXCEEDED"}
+
+
+@in_loop
+def test_an_ambiguous_enqueue_says_so_and_is_adopted_if_it_landed(h: Harness) -> None:
+    replies = h.send(wait=False)
+    items, done = h.log.take("enqueue")
+    done(RedisUnavailable("connection reset"))
+    (reply,) = replies
+    assert reply.error is not None and reply.error["code"] == "REDIS_UNAVAILABLE"
+    assert "may or may not" in reply.error["message"]
+    assert reply.error["message_id"] == items[0].message_id
+    assert [a.message_id for a in h.core.uncertain] == [items[0].message_id]
+
+
+@in_loop
+def test_a_reply_for_a_dead_shards_bus_call_is_dropped(h: Harness) -> None:
+    payload = msgspec.msgpack.encode({"account_id": "b1", "amount": 1})
+    h.core.on_shard_items(0, [ipc.Submit(3, "account", "Deposit", "b1", payload, False, 0)])
+    h.restart_shard()
+    h.log.take("enqueue")[1]([1])
+    assert not any(isinstance(x, ipc.SubmitResult) for x in h.sent)
