@@ -19,9 +19,11 @@ from typing import Any
 import psutil
 
 from aqnode import ipc
+from aqnode.child import Child
 
 log = logging.getLogger("aqnode.supervisor")
 
+HELLO_TIMEOUT_S = 15.0  #: seconds a fresh shard interpreter may take to say Hello
 READY_TIMEOUT_S = 60.0  #: seconds a shard may take to import its handler modules
 RATE_SMOOTHING = 0.5  #: weight of the newest heartbeat in the handled-per-second average
 READ_AFTER_EXIT_S = 1.0  #: seconds to finish reading a dead shard's last frames
@@ -39,7 +41,7 @@ class ShardLink:
         self._config_bytes = config_bytes
         self._shard_count = shard_count
         self._on_items = on_items
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: Child | None = None
         self.channel: ipc.FrameChannel[ipc.ToSupervisor] | None = None
         self.ready = False
         self.exited = False  # the process is gone; its last frames are still being read
@@ -67,38 +69,48 @@ class ShardLink:
         """Spawn the shard and wait until it has imported its handlers (``Ready``)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "aqnode.shard",
-                "--fd",
-                str(theirs.fileno()),
-                "--index",
-                str(self.index),
-                "--parent",
-                str(os.getpid()),
+            self.process = Child(
+                [
+                    sys.executable,
+                    "-m",
+                    "aqnode.shard",
+                    "--fd",
+                    str(theirs.fileno()),
+                    "--index",
+                    str(self.index),
+                    "--parent",
+                    str(os.getpid()),
+                ],
                 pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             theirs.close()
         self.started_at = time.monotonic()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         self.channel = ipc.FrameChannel(reader, writer, ipc.ToSupervisor)  # type: ignore[arg-type]
-        await asyncio.wait_for(self._handshake(self.channel), READY_TIMEOUT_S)
+        await self._handshake(self.channel)
         self.ready = True
         self.last_heartbeat = time.monotonic()
         self._reader = asyncio.get_running_loop().create_task(self._read(self.channel))
 
     async def _handshake(self, channel: ipc.FrameChannel[ipc.ToSupervisor]) -> None:
-        frame = await channel.receive()
+        """Hello within HELLO_TIMEOUT_S (a fresh interpreter), Ready within READY_TIMEOUT_S
+        (the handler imports); a shard that overstays either is given up on."""
+        try:
+            frame = await asyncio.wait_for(channel.receive(), HELLO_TIMEOUT_S)
+        except TimeoutError:
+            raise TimeoutError(f"shard {self.index} said no Hello in {HELLO_TIMEOUT_S}s") from None
         if not frame or not isinstance(frame[0], ipc.Hello):
             raise ConnectionError(f"shard {self.index} closed before saying Hello")
         channel.send(
             ipc.Welcome(ipc.PROTOCOL_VERSION, self.index, self._shard_count, self._config_bytes)
         )
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
-            frame = await channel.receive()
+            try:
+                frame = await asyncio.wait_for(channel.receive(), deadline - time.monotonic())
+            except TimeoutError:
+                raise TimeoutError(f"shard {self.index} not ready in {READY_TIMEOUT_S}s") from None
             if frame is None:
                 raise ConnectionError(f"shard {self.index} exited before it was ready")
             if any(isinstance(item, ipc.Ready) for item in frame):

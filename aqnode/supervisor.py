@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from aqnode import __version__, errors, procutil
+from aqnode import __version__, errors, ipc, procutil
 from aqnode.catalogue import Catalogue, build_catalogue, import_handler_modules
 from aqnode.config import NodeConfig, encode_config
 from aqnode.core import NodeCore
@@ -271,7 +271,11 @@ class Supervisor:
 
     async def _reconcile_loop(self) -> None:
         while not self._stopping:
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception:  # the one place that restarts shards must outlive any bug
+                log.exception("starting shards failed; trying again")
+                await asyncio.sleep(RESTART_BACKOFF_MIN_S)
             self._wake.clear()
             now = time.monotonic()
             due = [s.next_start - now for s in self.slots if s.link is None]
@@ -299,12 +303,12 @@ class Supervisor:
         slot.link = link
         try:
             await link.start()
-        except (ConnectionError, TimeoutError, OSError) as exc:
+        except (ConnectionError, TimeoutError, OSError, ipc.ProtocolError) as exc:
             link.kill()
             code = await link.wait() if link.process is not None else None
-            self._shard_failed(
-                slot, f"shard {slot.index} failed to start ({exc}; exit code {code})", code
-            )
+            reason = f"shard {slot.index} failed to start ({exc}; exit code {code})"
+            log.error("%s", reason)
+            self._shard_failed(slot, reason, code)
             return
         core.shard_up(slot.index, link.send)
         asyncio.get_running_loop().create_task(self._watch(slot, link))
