@@ -1,25 +1,34 @@
-"""The benchmark runner: ``scripts/bench [--scenario NAME] [--runs N] [--json FILE]``.
+"""The benchmark runner: ``scripts/bench [--quick | --full] [--scenario NAME] [--json FILE]``.
 
 It starts its own ``redis-server`` (a free TCP port on 127.0.0.1, a temporary directory,
 ``appendonly yes`` with ``appendfsync everysec`` like the node's managed Redis; ``--aof
-no`` turns it off) and its own ``aqnode serve`` (``handlers = ["bench.handlers"]``, its own
-process group, ``[redis] url`` pointing at that server). Both are always cleaned up, also
-on Ctrl-C and SIGTERM, and get PR_SET_PDEATHSIG so that they die with this process.
+no`` turns it off), its own ``aqnode serve`` (``handlers = ["bench.handlers"]``) and, for
+the throughput scenario, the lock-per-entity baseline's worker processes
+(``bench/baseline.py``). Scenarios that need another node configuration (1 shard, long
+or short idle timeouts) start that node next to it, with its own key prefix.
 
-Scenarios (each run ``--runs`` times; the table shows the median and the min-max spread):
+Scenarios (see BENCHMARKS.md for the method):
 
-- ``throughput``: ``--entities`` x ``--messages`` fire-and-forget ``Ping``s (0 ms handler),
-  then one ``Marker`` per entity with ``enqueue_and_wait``; FIFO per entity means all of
-  that entity's Pings have run when its Marker returns. Timed from the first send to the
-  last Marker reply. Three senders: ``enqueue_many`` in chunks, ``asyncio.gather`` of
-  single ``enqueue`` calls in waves (pipelined), and one ``await enqueue`` at a time.
-  Each run also reports its cost per message: Redis commands (``total_commands_processed``),
-  EVALSHA calls, Redis read events (``total_reads_processed``, about one per round trip),
-  and CPU seconds per 1,000 messages of the node (supervisor + shards), Redis and this
-  benchmark process.
-- ``latency``: one caller, sequential ``enqueue_and_wait`` calls after a warm-up:
-  ``warm`` cycles over ``--latency-entities`` entities (their workers stay up), ``cold``
-  addresses a new entity every call (a worker spawn each time). p50/p99/mean in ms.
+- ``throughput``: fire-and-forget to completion, 1,000 entities x 20 messages, ``uniform``
+  or ``hot`` (10 % of the entities get 80 % of the messages), 0 ms or 1 ms of awaited
+  I/O per handler; aqnode senders ``enqueue_many``, ``pipelined`` (``asyncio.gather`` of
+  single ``enqueue`` calls) and ``sequential`` (one ``await enqueue`` at a time); the
+  baseline fed by one awaited ``LPUSH`` per message (``lpush``) or pipelined LPUSHes
+  (``lpush_pipelined``). Every run of a workload measures aqnode and the baseline back to
+  back, and the ratio is taken per run. Costs per message (Redis commands, script
+  calls, read events, CPU) come from counters read before and after each run.
+- ``latency``: ``enqueue_and_wait`` p50/p90/p99: one caller (warm entities, and a new
+  entity per call), and ``--latency-callers`` concurrent callers on one Client.
+- ``shards``: a CPU-bound handler (a pure-Python loop of ``--cpu-ms``) on a 1-shard node
+  and on the main node (``--shards``), alternately; the ratio per run.
+- ``memory``: one message each to ``--memory-entities`` distinct entities with idle
+  workers kept (``worker_idle_timeout_ms`` of an hour); RSS delta per entity.
+- ``million``: one message each to ``--million-entities`` distinct entities with a short
+  idle timeout; the node's peak RSS and its RSS once every worker is torn down.
+
+``--quick`` (the default) runs throughput (a reduced matrix), latency, shards and memory
+in about 2.5 minutes on 2 cores; ``--full`` runs the whole matrix, bigger sizes, and
+``million`` (about 10 minutes).
 
 The benchmark process runs on the same machine as the node and Redis and competes with
 them for CPU; on a small machine the figures are the system's, not the node's alone.
@@ -30,14 +39,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,560 +56,538 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import redis
+import redis.asyncio as aioredis
 import uvloop
 
 from aqnode.client import Client
-from aqnode.errors import AqError
+from bench import baseline as bl
 from bench.handlers import Echo, Marker, Ping
+from bench.probe import Probe, percentile, summarize
+from bench.procs import (
+    ROOT,
+    NodeProc,
+    NodeSpec,
+    RedisProc,
+    aqnode_serve,
+    redis_server,
+    settle,
+    tail,
+    wait_handled,
+    wait_ready,
+)
+from bench.report import report
+from bench.workload import DISTRIBUTIONS, Workload, calibrate_spin, make_workload
 
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("throughput", "latency")
-THROUGHPUT_VARIANTS = ("enqueue_many", "pipelined", "sequential")
-LATENCY_VARIANTS = ("warm", "cold")
-READY_TIMEOUT_S = 60.0  #: seconds for redis-server / aqnode serve to come up
-SETTLE_TIMEOUT_S = 20.0  #: seconds to wait for the node to be idle between runs
+SCENARIOS = ("throughput", "latency", "shards", "memory", "million")
+QUICK_SCENARIOS = ("throughput", "latency", "shards", "memory")
+HANDLERS = {"0ms": 0.0, "1ms": 1.0}  #: handler name -> awaited I/O per message, ms
+AQ_SENDERS = ("enqueue_many", "pipelined", "sequential")
+BL_PRODUCERS = ("lpush", "lpush_pipelined")
+ONE_PER_CALL = ("sequential", "lpush")  #: senders that use --sequential-messages
 WAIT_TIMEOUT_S = 600.0  #: seconds an enqueue_and_wait may take (a backed-up queue)
-STOP_TIMEOUT_S = 15.0  #: seconds a SIGTERMed node gets to drain before SIGKILL
+STALL_TIMEOUT_S = 30.0  #: seconds the baseline may make no progress before we give up
 
 
-# ---- processes -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Group:
+    """One workload of the throughput matrix and who is measured on it."""
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_us() -> Callable[[], None] | None:
-    """A preexec_fn: the child gets SIGTERM when this process dies (Linux PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
-
-
-def _quote(value: str) -> str:
-    """A TOML / redis.conf string literal."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
-def _stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the process group led by ``proc``, then SIGKILL whatever is left of it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-@dataclass
-class RedisProc:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
+    distribution: str
+    handler: str
+    senders: tuple[str, ...]  #: aqnode senders
+    producers: tuple[str, ...]  #: baseline producers
 
     @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10.0)
+    def name(self) -> str:
+        return f"{self.distribution}/{self.handler}"
 
 
-@contextlib.contextmanager
-def redis_server(directory: Path, aof: bool) -> Iterator[RedisProc]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("bench: redis-server is not on PATH (scripts/setup installs it)")
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = directory / "redis.log"
-    conf = directory / "redis.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                "daemonize no",
-                "bind 127.0.0.1",
-                f"port {port}",
-                f"dir {_quote(str(directory))}",
-                f"logfile {_quote(str(log_path))}",
-                'save ""',
-                f"appendonly {'yes' if aof else 'no'}",
-                "appendfsync everysec",
-            ]
-        )
-        + "\n"
-    )
-    proc = subprocess.Popen(
-        [exe, str(conf)],
-        cwd=directory,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # Ctrl-C reaches us, not it: we stop it after the node
-        preexec_fn=_die_with_us(),
-    )
-    server = RedisProc(proc, port, log_path)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"bench: redis-server exited at start:\n{_tail(log_path)}")
-            try:
-                with server.client() as client:
-                    if client.info("server").get("process_id") == proc.pid:
-                        break
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: redis-server did not answer:\n{_tail(log_path)}")
-            time.sleep(0.02)
-        yield server
-    finally:
-        _stop_group(proc, 5.0)
+QUICK_MATRIX = (
+    Group("uniform", "0ms", AQ_SENDERS, BL_PRODUCERS),
+    Group("hot", "0ms", ("enqueue_many", "pipelined"), ("lpush_pipelined",)),
+    Group("uniform", "1ms", ("enqueue_many",), ("lpush_pipelined",)),
+    Group("hot", "1ms", ("enqueue_many",), ()),
+)
+FULL_MATRIX = tuple(Group(d, h, AQ_SENDERS, BL_PRODUCERS) for d in DISTRIBUTIONS for h in HANDLERS)
+
+#: per mode: option -> default (an option given on the command line wins)
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "runs": 3,
+        "sequential_messages": 3,
+        "latency_calls": 1000,
+        "load_calls": 60,
+        "cpu_messages": 3,
+        "memory_runs": 1,
+    },
+    "full": {
+        "runs": 3,
+        "sequential_messages": 20,
+        "latency_calls": 2000,
+        "load_calls": 200,
+        "cpu_messages": 8,
+        "memory_runs": 3,
+    },
+}
+
+
+# ---- the benchmark -------------------------------------------------------------------------
 
 
 @dataclass
-class NodeProc:
-    proc: subprocess.Popen[bytes]
-    address: str
-    log_path: Path
+class Endpoint:
+    """A node and a Client connected to it."""
 
-    def pids(self) -> list[int]:
-        """The supervisor and every process under it (the shards)."""
-        try:
-            sup = psutil.Process(self.proc.pid)
-            return [sup.pid, *(c.pid for c in sup.children(recursive=True))]
-        except psutil.Error:
-            return []
-
-
-def node_config(directory: Path, redis_url: str, port: int, args: argparse.Namespace) -> str:
-    return (
-        "\n".join(
-            [
-                'handlers = ["bench.handlers"]',
-                f"shards = {args.shards}",
-                f'listen = "127.0.0.1:{port}"',
-                'server_id = "bench-node"',
-                f"data_dir = {_quote(str(directory / 'data'))}",
-                "max_total_workers = 0",  # unbounded: the benchmark must not be refused
-                "max_total_queue_depth = 0",
-                f"shard_heartbeat_ms = {args.heartbeat_ms}",
-                "[redis]",
-                f"url = {_quote(redis_url)}",
-                "[entities.bench]",
-                f"worker_idle_timeout_ms = {args.idle_timeout_ms}",
-            ]
-        )
-        + "\n"
-    )
-
-
-@contextlib.contextmanager
-def aqnode_serve(directory: Path, redis_url: str, args: argparse.Namespace) -> Iterator[NodeProc]:
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config_path = directory / "node.toml"
-    config_path.write_text(node_config(directory, redis_url, port, args))
-    log_path = directory / "node.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aqnode", "serve", "--config", str(config_path)],
-            cwd=directory,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the cleanup reaches every shard
-            preexec_fn=_die_with_us(),
-        )
-    node = NodeProc(proc, f"127.0.0.1:{port}", log_path)
-    try:
-        yield node
-    finally:
-        _stop_group(proc, STOP_TIMEOUT_S)
-
-
-async def wait_ready(node: NodeProc) -> Any:
-    """Poll ``Client.status()`` until it answers and every shard is alive.
-
-    A fresh Client per attempt, so that the benchmark's own Client never saw a failed
-    stream (at commit de78e83 such a Client kept a stale writer task that failed its
-    next sends; fixed since, the precaution stays cheap).
-    """
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if node.proc.poll() is not None:
-            raise SystemExit(
-                f"bench: aqnode serve exited with {node.proc.returncode}:\n{_tail(node.log_path)}"
-            )
-        try:
-            async with Client(node.address) as client:
-                status = await client.status(timeout=2.0)
-            if status.shards and all(s.alive for s in status.shards):
-                return status
-        except AqError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: the node did not get ready:\n{_tail(node.log_path)}")
-        await asyncio.sleep(0.1)
-
-
-async def settle(client: Client) -> None:
-    """Wait until the node has no live message and no entity worker left (idle teardown)."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        status = await client.status(timeout=5.0)
-        if status.live_messages == 0 and all(s.workers == 0 for s in status.shards):
-            return
-        await asyncio.sleep(0.1)
-    print("bench: warning: the node did not go idle between runs", file=sys.stderr)
-
-
-# ---- measurement ---------------------------------------------------------------------------
-
-
-@dataclass
-class Snapshot:
-    """Counters read before and after a measured run."""
-
-    at: float
-    commands: int
-    evalsha: int
-    reads: int
-    supervisor_cpu: float
-    shards_cpu: float
-    redis_cpu: float
-    client_cpu: float
-    calls: dict[str, int]  # per Redis command: calls, also those made inside Lua scripts
-    system_busy: float  # CPU seconds the whole machine was busy (all processes, all CPUs)
-
-
-def _cpu(pid: int) -> float:
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(t.user + t.system)
-
-
-def _system_busy() -> float:
-    t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0))
-
-
-class Probe:
-    """Reads Redis and process counters; ``delta`` turns two snapshots into per-message costs."""
-
-    #: commands (and read events) of one snapshot's own, subtracted from every delta
-    OWN_COMMANDS = 2
-
-    def __init__(self, node: NodeProc, server: RedisProc) -> None:
-        self.node = node
-        self.server = server
-        self.redis = server.client()
-
-    def snapshot(self) -> Snapshot:
-        pids = self.node.pids()
-        stats = self.redis.info("stats")
-        cmdstats = self.redis.info("commandstats")
-        calls = {
-            name.removeprefix("cmdstat_"): int(value.get("calls", 0))
-            for name, value in cmdstats.items()
-            if isinstance(value, dict)
-        }
-        return Snapshot(
-            at=time.perf_counter(),
-            commands=int(stats["total_commands_processed"]),
-            evalsha=calls.get("evalsha", 0),
-            reads=int(stats.get("total_reads_processed", 0)),
-            supervisor_cpu=_cpu(pids[0]) if pids else 0.0,
-            shards_cpu=sum(_cpu(p) for p in pids[1:]),
-            redis_cpu=_cpu(self.server.proc.pid),
-            client_cpu=_cpu(os.getpid()),
-            calls=calls,
-            system_busy=_system_busy(),
-        )
-
-    def costs(self, before: Snapshot, after: Snapshot, messages: int) -> dict[str, float]:
-        per_k = 1000.0 / messages
-        own = self.OWN_COMMANDS
-        node_cpu = (after.supervisor_cpu - before.supervisor_cpu) + (
-            after.shards_cpu - before.shards_cpu
-        )
-        ours = node_cpu + sum(
-            getattr(after, f) - getattr(before, f) for f in ("redis_cpu", "client_cpu")
-        )
-        elapsed = after.at - before.at
-        return {
-            # CPU the rest of the machine used meanwhile, in % of one CPU: other load skews
-            # the figures (the machine is shared).
-            "other_cpu_pct": 100.0 * (after.system_busy - before.system_busy - ours) / elapsed,
-            "redis_cmds_per_msg": (after.commands - before.commands - own) / messages,
-            "evalsha_per_msg": (after.evalsha - before.evalsha) / messages,
-            "redis_reads_per_msg": (after.reads - before.reads - own) / messages,
-            "node_cpu_s_per_1k": node_cpu * per_k,
-            "supervisor_cpu_s_per_1k": (after.supervisor_cpu - before.supervisor_cpu) * per_k,
-            "shards_cpu_s_per_1k": (after.shards_cpu - before.shards_cpu) * per_k,
-            "redis_cpu_s_per_1k": (after.redis_cpu - before.redis_cpu) * per_k,
-            "bench_cpu_s_per_1k": (after.client_cpu - before.client_cpu) * per_k,
-            # Every command's calls per message, for the JSON (INFO is the probe's own).
-            **{
-                f"cmd.{name}_per_msg": (n - before.calls.get(name, 0)) / messages
-                for name, n in sorted(after.calls.items())
-                if name != "info" and n != before.calls.get(name, 0)
-            },
-        }
-
-    def close(self) -> None:
-        self.redis.close()
-
-
-def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    keys = dict.fromkeys(k for r in runs for k in r)
-    for key in keys:
-        values = [r.get(key, 0.0) for r in runs]
-        out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-    return out
-
-
-# ---- scenarios -----------------------------------------------------------------------------
+    node: NodeProc
+    client: Client
 
 
 @dataclass
 class Bench:
     args: argparse.Namespace
-    node: NodeProc
+    workdir: Path
+    server: RedisProc
+    main: Endpoint
     probe: Probe
-    client: Client
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    async def repeat(
-        self, scenario: str, variant: str, run: Callable[[int], Awaitable[dict[str, float]]]
-    ) -> None:
-        runs: list[dict[str, float]] = []
-        for i in range(self.args.runs):
-            await settle(self.client)
-            metrics = await run(i)
-            runs.append(metrics)
-            print(f"  {scenario}/{variant} run {i + 1}/{self.args.runs}: {_brief(metrics)}")
-        self.results.setdefault(scenario, {})[variant] = {"runs": runs, "summary": summarize(runs)}
+    def record(self, scenario: str, name: str, metrics: dict[str, float], **extra: Any) -> None:
+        entry = self.results.setdefault(scenario, {}).setdefault(name, {"runs": [], **extra})
+        entry["runs"].append(metrics)
+        entry["summary"] = summarize(entry["runs"])
+        print(f"  {scenario} {name} run {len(entry['runs'])}: {_brief(metrics)}", flush=True)
+
+    def wanted(self, name: str) -> bool:
+        return not self.args.only or any(o in name for o in self.args.only)
+
+    @contextlib.contextmanager
+    def extra_node(self, spec: NodeSpec) -> Iterator[NodeProc]:
+        with aqnode_serve(self.workdir, self.server.url, spec) as node:
+            yield node
 
     # -- throughput --
 
     async def throughput(self) -> None:
-        senders: dict[str, Callable[[list[Ping]], Awaitable[None]]] = {
-            "enqueue_many": self._send_many,
-            "pipelined": self._send_pipelined,
-            "sequential": self._send_sequential,
-        }
-        for variant in self.args.variants or THROUGHPUT_VARIANTS:
-            if variant not in senders:
-                continue
-            count = self.args.messages
-            if variant == "sequential" and self.args.sequential_messages:
-                count = self.args.sequential_messages
+        args = self.args
+        groups = []
+        for g in FULL_MATRIX if args.full else QUICK_MATRIX:
+            senders = tuple(s for s in g.senders if self.wanted(f"{g.name}/{s}"))
+            producers = tuple(p for p in g.producers if self.wanted(f"{g.name}/baseline {p}"))
+            if senders or producers:
+                groups.append(Group(g.distribution, g.handler, senders, producers))
+        if not groups:
+            return
+        pool = None
+        if any(g.producers for g in groups):
+            config = bl.BaselineConfig(
+                self.server.url,
+                processes=args.baseline_processes or args.shards,
+                concurrency=args.baseline_concurrency,
+                lock_sleep_s=args.baseline_lock_sleep,
+                blocking_timeout_s=args.baseline_blocking_timeout,
+            )
+            pool = bl.BaselinePool(config)
+            try:
+                pool.start()
+            except BaseException:
+                pool.stop()
+                raise
+            print(
+                f"bench: baseline: {config.processes} worker processes x "
+                f"{config.concurrency} consumers (pids {', '.join(map(str, pool.pids()))})"
+            )
+        producer_redis = aioredis.Redis.from_url(self.server.url)
+        try:
+            for run in range(args.runs):
+                for g in groups:
+                    # aqnode and baseline cells take turns: the node tears its idle workers
+                    # down (a precondition of its next run) while the baseline runs
+                    for sender, producer in itertools.zip_longest(g.senders, g.producers):
+                        if sender is not None:
+                            await settle(self.main.client)
+                            wl = self._workload(f"{g.name}-{sender}-{run}", g, sender)
+                            metrics = await self.aq_run(self.main, wl, sender)
+                            self.record("throughput", f"{g.name}/{sender}", metrics)
+                        if producer is not None:
+                            assert pool is not None
+                            wl = self._workload(f"bl-{g.name}-{producer}-{run}", g, producer)
+                            metrics = await self.baseline_run(pool, producer_redis, wl, producer)
+                            self.record("throughput", f"{g.name}/baseline {producer}", metrics)
+                    self._ratios(g, run)
+        finally:
+            await producer_redis.aclose()
+            if pool is not None:
+                pool.stop()
 
-            async def run(i: int, variant: str = variant, count: int = count) -> dict[str, float]:
-                return await self._throughput_run(f"{variant}-{i}", count, senders[variant])
-
-            await self.repeat("throughput", variant, run)
-
-    async def _throughput_run(
-        self, tag: str, per_entity: int, send: Callable[[list[Ping]], Awaitable[None]]
-    ) -> dict[str, float]:
-        ids = [f"{tag}-{e}" for e in range(self.args.entities)]
-        # Round robin: message k of every entity before message k+1 of any, so that every
-        # entity has work from the start (many entities in parallel, FIFO within each).
-        pings = [Ping(id=eid, seq=k) for k in range(per_entity) for eid in ids]
-        messages = len(pings) + len(ids)  # the markers are messages too
-        before = self.probe.snapshot()
-        await send(pings)
-        acked = time.perf_counter()
-        seen = await asyncio.gather(
-            *(self.client.enqueue_and_wait(Marker(id=eid), timeout=WAIT_TIMEOUT_S) for eid in ids)
+    def _workload(self, tag: str, g: Group, sender: str) -> Workload:
+        per_entity = self.args.messages
+        if sender in ONE_PER_CALL and self.args.sequential_messages:
+            per_entity = self.args.sequential_messages
+        return make_workload(
+            tag, self.args.entities, per_entity, g.distribution, io_ms=HANDLERS[g.handler]
         )
-        after = self.probe.snapshot()
-        missing = sum(per_entity - n for n in seen)
+
+    def _ratios(self, g: Group, run: int) -> None:
+        """aqnode's rate over the baseline's, both from this run of this workload: the
+        batched senders against the best baseline producer, the sequential sender against
+        the baseline's one-LPUSH-per-message producer (what its users do)."""
+        cells = self.results.get("throughput", {})
+
+        def rate(name: str) -> float | None:
+            entry = cells.get(f"{g.name}/{name}")
+            if entry is None or len(entry["runs"]) <= run:
+                return None
+            return float(entry["runs"][run]["msgs_per_s"])
+
+        rates = {p: rate(f"baseline {p}") for p in g.producers}
+        known = {p: r for p, r in rates.items() if r}
+        if not known:
+            return
+        best = max(known, key=lambda p: known[p])
+        for sender in g.senders:
+            ours = rate(sender)
+            if ours is None:
+                continue
+            vs = "lpush" if sender == "sequential" and "lpush" in known else best
+            entry = self.results.setdefault("ratios", {}).setdefault(
+                f"{g.name}/{sender}", {"runs": [], "vs": ""}
+            )
+            entry["runs"].append({"ratio": ours / known[vs]})
+            entry["vs"] = f"baseline {vs}"
+            entry["summary"] = summarize(entry["runs"])
+
+    async def aq_run(self, target: Endpoint, wl: Workload, sender: str) -> dict[str, float]:
+        """Send the workload, then one Marker per entity with ``enqueue_and_wait``: FIFO per
+        entity means all of an entity's Pings have run when its Marker returns."""
+        client, args = target.client, self.args
+        send: Callable[[list[Ping]], Awaitable[None]]
+        if sender == "enqueue_many":
+
+            async def send(pings: list[Ping]) -> None:
+                for start in range(0, len(pings), args.chunk):
+                    await client.enqueue_many(pings[start : start + args.chunk])
+
+        elif sender == "pipelined":
+
+            async def send(pings: list[Ping]) -> None:
+                enqueue = client.enqueue
+                for start in range(0, len(pings), args.window):
+                    await asyncio.gather(*(enqueue(p) for p in pings[start : start + args.window]))
+
+        elif sender == "sequential":
+
+            async def send(pings: list[Ping]) -> None:
+                enqueue = client.enqueue
+                for p in pings:
+                    await enqueue(p)
+
+        else:
+            raise ValueError(sender)
+        ids = wl.ids
+        messages = len(wl.pings) + len(ids)  # the Markers are messages the node runs too
+        pids = target.node.pids()
+        before = self.probe.snapshot(pids)
+        await send(wl.pings)
+        acked = time.perf_counter()
+        tallies = await asyncio.gather(
+            *(client.enqueue_and_wait(Marker(id=eid), timeout=WAIT_TIMEOUT_S) for eid in ids)
+        )
+        after = self.probe.snapshot(pids)
+        missing = sum(wl.counts[eid] - t.pings for eid, t in zip(ids, tallies, strict=True))
         if missing:
             raise SystemExit(f"bench: {missing} Pings had not run when their entity's Marker did")
         elapsed = after.at - before.at
         return {
-            "messages": float(messages),
+            "messages": float(len(wl.pings)),
             "elapsed_s": elapsed,
-            "msgs_per_s": messages / elapsed,
-            "enqueue_acked_s": acked - before.at,
-            "enqueue_acked_per_s": len(pings) / (acked - before.at),
+            "msgs_per_s": len(wl.pings) / elapsed,
+            "acked_s": acked - before.at,
+            "acked_per_s": len(wl.pings) / (acked - before.at),
+            "out_of_order": float(sum(t.out_of_order for t in tallies)),
+            "entities_out_of_order": float(sum(1 for t in tallies if t.out_of_order)),
+            "overlaps": float(sum(t.overlaps for t in tallies)),
             **self.probe.costs(before, after, messages),
         }
 
-    async def _send_many(self, pings: list[Ping]) -> None:
-        chunk = self.args.chunk
-        for start in range(0, len(pings), chunk):
-            await self.client.enqueue_many(pings[start : start + chunk])
-
-    async def _send_pipelined(self, pings: list[Ping]) -> None:
-        window = self.args.window
-        enqueue = self.client.enqueue
-        for start in range(0, len(pings), window):
-            await asyncio.gather(*(enqueue(p) for p in pings[start : start + window]))
-
-    async def _send_sequential(self, pings: list[Ping]) -> None:
-        enqueue = self.client.enqueue
-        for p in pings:
-            await enqueue(p)
+    async def baseline_run(
+        self, pool: bl.BaselinePool, producer: aioredis.Redis, wl: Workload, kind: str
+    ) -> dict[str, float]:
+        total = len(wl.pings)
+        pool.reset()
+        pids = pool.pids()
+        before = self.probe.snapshot(pids)
+        await bl.produce(
+            producer,
+            pool.config.queue,
+            wl.pings,
+            pipelined=kind == "lpush_pipelined",
+            chunk=self.args.chunk,
+        )
+        acked = time.perf_counter()
+        done, progress_at = 0, acked
+        while done < total:
+            now = time.perf_counter()
+            if pool.done() > done:
+                done, progress_at = pool.done(), now
+            elif now - progress_at > STALL_TIMEOUT_S:
+                raise SystemExit(
+                    f"bench: the baseline ran {done} of {total} jobs and then nothing for "
+                    f"{STALL_TIMEOUT_S:.0f}s"
+                )
+            pool.check_alive()
+            await asyncio.sleep(0.002)
+        after = self.probe.snapshot(pids)
+        stats = pool.stats()
+        order = bl.order_report(pool.collect(), wl.counts)
+        if order["missing"] or order["duplicates"]:
+            print(f"bench: warning: baseline run lost or repeated jobs: {order}", file=sys.stderr)
+        elapsed = after.at - before.at
+        return {
+            "messages": float(total),
+            "elapsed_s": elapsed,
+            "msgs_per_s": total / elapsed,
+            "acked_s": acked - before.at,
+            "acked_per_s": total / (acked - before.at),
+            **order,
+            "requeued": float(stats["requeued"]),
+            "lock_wait_ms_per_msg": stats["lock_wait_us"] / 1000 / total,
+            **self.probe.costs(before, after, total),
+        }
 
     # -- latency --
 
     async def latency(self) -> None:
-        for variant in self.args.variants or LATENCY_VARIANTS:
-            if variant not in LATENCY_VARIANTS:
-                continue
+        args = self.args
+        variants = [
+            ("1 caller, warm", 1, True),
+            ("1 caller, cold", 1, False),
+            (f"{args.latency_callers} callers, warm", args.latency_callers, True),
+        ]
+        variants = [v for v in variants if self.wanted(v[0])]
+        for run in range(args.runs):
+            for name, callers, warm in variants:
+                await settle(self.main.client)
+                self.record("latency", name, await self._latency_run(run, callers, warm))
 
-            async def run(i: int, variant: str = variant) -> dict[str, float]:
-                return await self._latency_run(variant, i)
+    async def _latency_run(self, run: int, callers: int, warm: bool) -> dict[str, float]:
+        args, client = self.args, self.main.client
+        calls = args.latency_calls if callers == 1 else args.load_calls
+        per_caller = max(1, args.latency_entities // callers)
+        tag = f"lat{callers}{'w' if warm else 'c'}-{run}"
 
-            await self.repeat("latency", variant, run)
+        def entity(caller: int, i: int) -> str:
+            if warm:
+                return f"{tag}-{caller}-{i % per_caller}"
+            return f"{tag}-{caller}-{i}"
 
-    async def _latency_run(self, variant: str, run: int) -> dict[str, float]:
-        n, spread = self.args.latency_calls, self.args.latency_entities
-        if variant == "warm":
-            ids = [f"lat-{run}-{i % spread}" for i in range(n)]
-        else:
-            ids = [f"cold-{run}-{i}" for i in range(n)]
-        call = self.client.enqueue_and_wait
-        for i in range(self.args.latency_warmup):  # warm the path (and the warm entities)
-            await call(Echo(id=ids[i % len(ids)] if variant == "warm" else f"wu-{run}-{i}"))
+        call = client.enqueue_and_wait
+        # warm-up: the path, and (warm) every entity the timed calls use
+        warmup = max(args.latency_warmup // callers, per_caller if warm else 1)
+
+        async def caller_warmup(c: int) -> None:
+            for i in range(warmup):
+                await call(Echo(id=entity(c, i) if warm else f"{tag}-wu-{c}-{i}"))
+
+        await asyncio.gather(*(caller_warmup(c) for c in range(callers)))
         samples: list[float] = []
-        before = self.probe.snapshot()
-        for seq, eid in enumerate(ids):
-            t0 = time.perf_counter()
-            reply = await call(Echo(id=eid, seq=seq), timeout=30.0)
-            samples.append(time.perf_counter() - t0)
-            if reply != seq:
-                raise SystemExit(f"bench: Echo {seq} came back as {reply!r}")
-        after = self.probe.snapshot()
-        samples.sort()
-        ms = [s * 1000 for s in samples]
+
+        async def caller(c: int) -> None:
+            for seq in range(calls):
+                t0 = time.perf_counter()
+                reply = await call(Echo(id=entity(c, seq), seq=seq), timeout=30.0)
+                samples.append(time.perf_counter() - t0)
+                if reply != seq:
+                    raise SystemExit(f"bench: Echo {seq} came back as {reply!r}")
+
+        pids = self.main.node.pids()
+        before = self.probe.snapshot(pids)
+        await asyncio.gather(*(caller(c) for c in range(callers)))
+        after = self.probe.snapshot(pids)
+        ms = sorted(s * 1000 for s in samples)
+        n = len(ms)
         return {
             "calls": float(n),
-            "p50_ms": _percentile(ms, 50),
-            "p90_ms": _percentile(ms, 90),
-            "p99_ms": _percentile(ms, 99),
+            "p50_ms": percentile(ms, 50),
+            "p90_ms": percentile(ms, 90),
+            "p99_ms": percentile(ms, 99),
             "max_ms": ms[-1],
             "mean_ms": statistics.fmean(ms),
             "calls_per_s": n / (after.at - before.at),
             **self.probe.costs(before, after, n),
         }
 
+    # -- shards --
 
-def _percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, -(-len(sorted_values) * pct // 100))
-    return sorted_values[int(rank) - 1]
+    async def shards(self) -> None:
+        args = self.args
+        if args.shards < 2:
+            print("bench: shards: skipped (the main node has 1 shard; use --shards 2)")
+            return
+        iterations = calibrate_spin(args.cpu_ms)
+        print(f"bench: shards: {iterations:,} loop iterations ~ {args.cpu_ms} ms here")
+        spec = NodeSpec("1shard", 1, args.idle_timeout_ms, args.heartbeat_ms, "aqs1")
+        with self.extra_node(spec) as node:
+            await wait_ready(node)
+            async with Client(node.address) as client:
+                one = Endpoint(node, client)
+                many = f"{args.shards} shards"
+                for run in range(args.runs):
+                    # alternate the order, so that a drift in the machine's load does not
+                    # favour one side
+                    pair = [("1 shard", one), (many, self.main)]
+                    if run % 2:
+                        pair.reverse()
+                    rates = {}
+                    for name, target in pair:
+                        await settle(target.client)
+                        wl = make_workload(
+                            f"cpu-{name[0]}-{run}",
+                            args.entities,
+                            args.cpu_messages,
+                            "uniform",
+                            spin_iterations=iterations,
+                        )
+                        metrics = await self.aq_run(target, wl, "enqueue_many")
+                        self.record("shards", name, metrics)
+                        rates[name] = metrics["msgs_per_s"]
+                    self.record("shards", "ratio", {"ratio": rates[many] / rates["1 shard"]})
+
+    # -- memory --
+
+    async def _send_echoes(self, client: Client, tag: str, count: int) -> None:
+        chunk = self.args.chunk
+        for start in range(0, count, chunk):
+            batch = [Echo(id=f"{tag}-{i}") for i in range(start, min(count, start + chunk))]
+            await client.enqueue_many(batch)
+
+    async def memory(self) -> None:
+        args = self.args
+        n, warm = args.memory_entities, args.memory_warmup
+        for run in range(args.memory_runs):
+            spec = NodeSpec(f"memory{run}", args.shards, 3_600_000, args.heartbeat_ms, f"aqm{run}")
+            with self.extra_node(spec) as node:
+                await wait_ready(node)
+                async with Client(node.address) as client:
+                    # warm-up: the code paths and the allocator, with workers that stay
+                    await self._send_echoes(client, f"mw{run}", warm)
+                    await wait_handled(client, warm, WAIT_TIMEOUT_S)
+                    await asyncio.sleep(1.0)
+                    rss0 = node.rss()
+                    redis0 = self.probe.redis_memory()
+                    t0 = time.perf_counter()
+                    await self._send_echoes(client, f"m{run}", n)
+                    status = await wait_handled(client, warm + n, WAIT_TIMEOUT_S)
+                    elapsed = time.perf_counter() - t0
+                    await asyncio.sleep(1.0)
+                    status = await client.status(timeout=10.0)
+                    rss1 = node.rss()
+                    redis1 = self.probe.redis_memory()
+            sup = next(iter(rss0))
+            shard_delta = sum(rss1.get(p, 0) - v for p, v in rss0.items() if p != sup)
+            sup_delta = rss1.get(sup, 0) - rss0[sup]
+            self.record(
+                "memory",
+                "idle",
+                {
+                    "entities": float(n),
+                    "workers": float(sum(s.workers for s in status.shards)),
+                    "shard_bytes_per_entity": shard_delta / n,
+                    "supervisor_bytes_per_entity": sup_delta / n,
+                    "node_bytes_per_entity": (shard_delta + sup_delta) / n,
+                    "redis_bytes_per_entity": (redis1 - redis0) / n,
+                    "node_rss_before": float(sum(rss0.values())),
+                    "node_rss_after": float(sum(rss1.values())),
+                    "shards_rss_after": float(sum(v for p, v in rss1.items() if p != sup)),
+                    "msgs_per_s": n / elapsed,
+                },
+            )
+
+    async def million(self) -> None:
+        args = self.args
+        n = args.million_entities
+        spec = NodeSpec("million", args.shards, args.million_idle_ms, args.heartbeat_ms, "aqM")
+        with self.extra_node(spec) as node:
+            await wait_ready(node)
+            async with Client(node.address) as client:
+                await asyncio.sleep(1.0)
+                start = node.rss()
+                peak = {"total": sum(start.values()), "process": max(start.values())}
+
+                async def sample() -> None:
+                    while True:
+                        rss = node.rss()
+                        peak["total"] = max(peak["total"], sum(rss.values()))
+                        peak["process"] = max(peak["process"], max(rss.values(), default=0))
+                        await asyncio.sleep(0.25)
+
+                sampler = asyncio.get_running_loop().create_task(sample())
+                try:
+                    t0 = time.perf_counter()
+                    last_print = t0
+                    for begin in range(0, n, args.chunk):
+                        end = min(n, begin + args.chunk)
+                        await client.enqueue_many([Echo(id=f"M-{i}") for i in range(begin, end)])
+                        if time.perf_counter() - last_print > 10:
+                            last_print = time.perf_counter()
+                            rate = end / (last_print - t0)
+                            print(
+                                f"  million: {end:,} sent ({rate:,.0f}/s), peak RSS so far "
+                                f"{peak['total'] / 2**20:,.0f} MiB",
+                                flush=True,
+                            )
+                    await wait_handled(client, n, WAIT_TIMEOUT_S)
+                    handled = time.perf_counter()
+                    deadline = handled + 120 + 2 * args.million_idle_ms / 1000
+                    while True:
+                        status = await client.status(timeout=10.0)
+                        workers = sum(s.workers for s in status.shards)
+                        if workers == 0 or time.perf_counter() > deadline:
+                            break
+                        await asyncio.sleep(0.25)
+                    idle = time.perf_counter()
+                    await asyncio.sleep(2.0)
+                    final = node.rss()
+                finally:
+                    sampler.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sampler
+        self.record(
+            "million",
+            "million",
+            {
+                "entities": float(n),
+                "rss_start": float(sum(start.values())),
+                "rss_peak": float(peak["total"]),
+                "rss_peak_process": float(peak["process"]),
+                "rss_final": float(sum(final.values())),
+                "workers_final": float(workers),
+                "msgs_per_s": n / (handled - t0),
+                "teardown_s": idle - handled,
+                "redis_used_after": float(self.probe.redis_memory()),
+            },
+        )
 
 
 def _brief(metrics: dict[str, float]) -> str:
-    keys = ("msgs_per_s", "elapsed_s", "p50_ms", "p99_ms", "node_cpu_s_per_1k")
+    keys = (
+        "msgs_per_s",
+        "elapsed_s",
+        "out_of_order",
+        "p50_ms",
+        "p99_ms",
+        "calls_per_s",
+        "system_cpu_s_per_1k",
+        "redis_reads_per_msg",
+        "ratio",
+        "shard_bytes_per_entity",
+        "node_bytes_per_entity",
+        "rss_peak",
+        "rss_final",
+    )
     return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 
-# ---- report --------------------------------------------------------------------------------
-
-THROUGHPUT_COLUMNS = (
-    ("msgs/s", "msgs_per_s", "{:,.0f}"),
-    ("acked/s", "enqueue_acked_per_s", "{:,.0f}"),
-    ("s", "elapsed_s", "{:.2f}"),
-)
-COST_COLUMNS = (
-    ("redis cmds/msg", "redis_cmds_per_msg", "{:.3f}"),
-    ("evalsha/msg", "evalsha_per_msg", "{:.4f}"),
-    ("redis reads/msg", "redis_reads_per_msg", "{:.4f}"),
-    ("node cpu s/1k", "node_cpu_s_per_1k", "{:.3f}"),
-    ("superv.", "supervisor_cpu_s_per_1k", "{:.3f}"),
-    ("shards", "shards_cpu_s_per_1k", "{:.3f}"),
-    ("redis cpu s/1k", "redis_cpu_s_per_1k", "{:.3f}"),
-    ("bench cpu s/1k", "bench_cpu_s_per_1k", "{:.3f}"),
-    ("other cpu %", "other_cpu_pct", "{:.0f}"),
-)
-LATENCY_COLUMNS = (
-    ("p50 ms", "p50_ms", "{:.3f}"),
-    ("p90 ms", "p90_ms", "{:.3f}"),
-    ("p99 ms", "p99_ms", "{:.3f}"),
-    ("mean ms", "mean_ms", "{:.3f}"),
-    ("max ms", "max_ms", "{:.2f}"),
-    ("calls/s", "calls_per_s", "{:,.0f}"),
-)
-
-
-def _cell(summary: dict[str, dict[str, float]], key: str, fmt: str) -> str:
-    s = summary[key]
-    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
-
-
-def table(
-    title: str, rows: dict[str, Any], columns: tuple[tuple[str, str, str], ...], runs: int
-) -> str:
-    header = ["variant", *(c[0] for c in columns)]
-    body = [[name, *(_cell(r["summary"], c[1], c[2]) for c in columns)] for name, r in rows.items()]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = [f"{title}: median (min-max) of {runs} runs"]
-    for row in [header, ["-" * w for w in widths], *body]:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-    return "\n".join(lines)
-
-
-def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    parts = []
-    if "throughput" in results:
-        rows = results["throughput"]
-        workload = f"{args.entities:,} entities x {args.messages} Pings + 1 Marker each" + (
-            f" (sequential: x {args.sequential_messages})" if args.sequential_messages else ""
-        )
-        parts.append(table(f"throughput, {workload}", rows, THROUGHPUT_COLUMNS, args.runs))
-        parts.append(table("cost per message (throughput runs)", rows, COST_COLUMNS, args.runs))
-    if "latency" in results:
-        parts.append(
-            table(
-                f"latency, enqueue_and_wait, one caller, {args.latency_calls:,} calls "
-                f"(warm: {args.latency_entities} entities; cold: a new entity per call)",
-                results["latency"],
-                LATENCY_COLUMNS,
-                args.runs,
-            )
-        )
-        parts.append(
-            table("cost per call (latency runs)", results["latency"], COST_COLUMNS, args.runs)
-        )
-    return "\n\n".join(parts)
+# ---- machine and versions ------------------------------------------------------------------
 
 
 def _git(*args: str) -> str:
@@ -647,85 +632,150 @@ def machine(server: RedisProc) -> dict[str, Any]:
 # ---- main ----------------------------------------------------------------------------------
 
 
-async def run_all(args: argparse.Namespace, node: NodeProc, server: RedisProc) -> dict[str, Any]:
+async def run_all(
+    args: argparse.Namespace, workdir: Path, node: NodeProc, server: RedisProc
+) -> dict[str, Any]:
     status = await wait_ready(node)
+    print(
+        f"bench: node {status.server_id} ready at {node.address}: "
+        f"{len(status.shards)} shards (pids {', '.join(str(s.pid) for s in status.shards)}), "
+        f"supervisor pid {status.pid}, redis {server.url} "
+        f"(appendonly {'yes' if args.aof else 'no'})",
+        flush=True,
+    )
+    probe = Probe(server)
     async with Client(node.address) as client:
-        print(
-            f"bench: node {status.server_id} ready at {node.address}: "
-            f"{len(status.shards)} shards (pids {', '.join(str(s.pid) for s in status.shards)}), "
-            f"supervisor pid {status.pid}, redis {server.url} "
-            f"(appendonly {'yes' if args.aof else 'no'})"
-        )
-        probe = Probe(node, server)
-        bench = Bench(args, node, probe, client)
+        bench = Bench(args, workdir, server, Endpoint(node, client), probe)
         try:
-            for scenario in args.scenario or SCENARIOS:
-                print(f"bench: {scenario}")
+            for scenario in args.scenarios:
+                started = time.monotonic()
+                print(f"bench: {scenario}", flush=True)
                 await getattr(bench, scenario)()
+                print(f"bench: {scenario} took {time.monotonic() - started:.0f}s", flush=True)
             status = await client.status(timeout=5.0)
             restarts = sum(s.restarts for s in status.shards)
             if restarts:
                 print(f"bench: warning: shards restarted {restarts} times during the benchmark")
         finally:
             probe.close()
-        return bench.results
+    return bench.results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Benchmark aqnode: starts its own redis-server and aqnode serve.",
+        description="Benchmark aqnode against a lock-per-entity baseline; starts its own "
+        "redis-server, aqnode serve nodes and baseline workers. Prints Markdown tables.",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="(default) reduced matrix and sizes, no million run: about 2.5 minutes",
+    )
+    mode.add_argument(
+        "--full", action="store_true", help="the whole matrix, bigger sizes, and million"
     )
     p.add_argument(
-        "--scenario", action="append", choices=SCENARIOS, help="run only this (repeatable)"
-    )
-    p.add_argument(
-        "--variant",
-        dest="variants",
+        "--scenario",
+        dest="scenarios",
         action="append",
-        choices=THROUGHPUT_VARIANTS + LATENCY_VARIANTS,
-        help="run only this variant of the chosen scenarios (repeatable)",
+        choices=SCENARIOS,
+        help="run only this (repeatable); default: the mode's scenarios",
     )
-    p.add_argument("--runs", type=int, default=3, help="runs per scenario variant (default 3)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON here")
-    p.add_argument("--shards", type=int, default=2, help="node shards (default 2)")
-    p.add_argument("--aof", choices=("yes", "no"), default="yes", help="Redis appendonly")
-    p.add_argument("--entities", type=int, default=1000, help="throughput: entities (1000)")
-    p.add_argument("--messages", type=int, default=20, help="throughput: Pings per entity (20)")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="run only throughput cells / latency variants whose name contains TEXT, e.g. "
+        "'uniform/0ms', 'enqueue_many', 'baseline', '1 caller' (repeatable)",
+    )
+    p.add_argument("--runs", type=int, help="runs per measurement (3)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every run as JSON here")
+    p.add_argument("--shards", type=int, default=2, help="the main node's shards (2)")
+    p.add_argument("--aof", choices=("yes", "no"), default="yes", help="Redis appendonly (yes)")
+    p.add_argument("--entities", type=int, default=1000, help="entities per workload (1000)")
+    p.add_argument("--messages", type=int, default=20, help="messages per entity (20)")
     p.add_argument(
         "--sequential-messages",
         type=int,
-        default=0,
         metavar="N",
-        help="throughput/sequential: Pings per entity (default 0: as --messages)",
+        help="messages per entity for the one-call-per-message senders (aqnode sequential, "
+        "baseline lpush): quick 3, full 20",
     )
-    p.add_argument("--chunk", type=int, default=1000, help="enqueue_many chunk size (1000)")
+    p.add_argument("--chunk", type=int, default=1000, help="enqueue_many / pipeline chunk (1000)")
+    p.add_argument("--window", type=int, default=1000, help="pipelined: calls per gather (1000)")
     p.add_argument(
-        "--window", type=int, default=1000, help="pipelined: enqueue calls per gather (1000)"
+        "--latency-calls", type=int, help="latency, one caller: timed calls (quick 1000, full 2000)"
     )
-    p.add_argument("--latency-calls", type=int, default=2000, help="latency: timed calls (2000)")
+    p.add_argument(
+        "--load-calls", type=int, help="latency under load: timed calls per caller (60 / 200)"
+    )
+    p.add_argument(
+        "--latency-callers", type=int, default=32, help="latency under load: callers (32)"
+    )
     p.add_argument("--latency-warmup", type=int, default=200, help="latency: warm-up calls (200)")
     p.add_argument(
-        "--latency-entities", type=int, default=100, help="latency/warm: entities cycled (100)"
+        "--latency-entities", type=int, default=100, help="latency, warm: entities cycled (100)"
+    )
+    p.add_argument("--cpu-ms", type=float, default=1.0, help="shards: handler CPU per message")
+    p.add_argument("--cpu-messages", type=int, help="shards: messages per entity (quick 3, full 8)")
+    p.add_argument(
+        "--memory-entities", type=int, default=100_000, help="memory: idle entities (100,000)"
+    )
+    p.add_argument("--memory-warmup", type=int, default=2000, help="memory: warm-up entities")
+    p.add_argument("--memory-runs", type=int, help="memory: runs, a fresh node each (1 / 3)")
+    p.add_argument(
+        "--million-entities", type=int, default=1_000_000, help="million: entities (1,000,000)"
+    )
+    p.add_argument(
+        "--million-idle-ms", type=int, default=1000, help="million: worker_idle_timeout_ms (1000)"
     )
     p.add_argument(
         "--idle-timeout-ms",
         type=int,
         default=1000,
-        help="[entities.bench] worker_idle_timeout_ms (1000: runs start with no workers)",
+        help="worker_idle_timeout_ms of the throughput/latency/shards nodes (1000)",
     )
     p.add_argument("--heartbeat-ms", type=int, default=200, help="shard_heartbeat_ms (200)")
+    p.add_argument(
+        "--baseline-processes", type=int, help="baseline worker processes (default: --shards)"
+    )
+    p.add_argument(
+        "--baseline-concurrency",
+        type=int,
+        default=10,
+        help="baseline consumers per process (10, arq's max_jobs default)",
+    )
+    p.add_argument(
+        "--baseline-lock-sleep",
+        type=float,
+        default=0.01,
+        help="seconds between a baseline lock waiter's polls (0.01; redis-py's default is 0.1)",
+    )
+    p.add_argument(
+        "--baseline-blocking-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a baseline job waits for its lock before it is requeued (10)",
+    )
     p.add_argument(
         "--client-loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
-        help="the benchmark client's event loop (default asyncio)",
+        help="the benchmark process' event loop (default asyncio)",
     )
-    p.add_argument("--workdir", type=Path, help="keep the node's and Redis' files here")
+    p.add_argument("--workdir", type=Path, help="keep the nodes' and Redis' files here")
     args = p.parse_args(argv)
+    args.mode = "full" if args.full else "quick"
+    for key, value in MODE_DEFAULTS[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not args.scenarios:
+        args.scenarios = list(SCENARIOS if args.full else QUICK_SCENARIOS)
     args.aof = args.aof == "yes"
-    if args.runs < 1 or args.entities < 1 or args.messages < 1:
-        p.error("--runs, --entities and --messages must be at least 1")
+    if min(args.runs, args.entities, args.messages, args.memory_runs) < 1:
+        p.error("--runs, --entities, --messages and --memory-runs must be at least 1")
     return args
 
 
@@ -745,28 +795,31 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aqbench-")))
+        spec = NodeSpec("main", args.shards, args.idle_timeout_ms, args.heartbeat_ms, "aq")
         try:
             server = stack.enter_context(redis_server(workdir / "redis", args.aof))
-            node = stack.enter_context(aqnode_serve(workdir / "node", server.url, args))
+            node = stack.enter_context(aqnode_serve(workdir, server.url, spec))
             info = machine(server)
             print(
-                f"bench: {info['cpu_model']}, {info['nproc']} CPUs, Python {info['python']}, "
-                f"redis-server {info['redis_server']}, aqnode {info['packages']['aqnode']}"
+                f"bench: {args.mode}: {', '.join(args.scenarios)}; {info['cpu_model']}, "
+                f"{info['nproc']} CPUs, Python {info['python']}, redis-server "
+                f"{info['redis_server']}, aqnode {info['packages']['aqnode']}",
+                flush=True,
             )
             started = time.monotonic()
             if args.client_loop == "uvloop":
-                results = uvloop.run(run_all(args, node, server))
+                results = uvloop.run(run_all(args, workdir, node, server))
             else:
-                results = asyncio.run(run_all(args, node, server))
+                results = asyncio.run(run_all(args, workdir, node, server))
             took = time.monotonic() - started
         except KeyboardInterrupt:
-            print("\nbench: interrupted; stopping the node and Redis", file=sys.stderr)
+            print("\nbench: interrupted; stopping the nodes and Redis", file=sys.stderr)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             return 130
         except BaseException:
             with contextlib.suppress(NameError):
-                print(f"bench: node log tail:\n{_tail(node.log_path)}", file=sys.stderr)
+                print(f"bench: node log tail:\n{tail(node.log_path)}", file=sys.stderr)
             raise
     print()
     print(report(results, args))
