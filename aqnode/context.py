@@ -51,12 +51,6 @@ class ShardBus:
         if future is not None and not future.done():
             future.set_result(SendResult(item.message_id, item.ok, item.reply, error=item.error))
 
-    def fail_all(self, error: errors.AqError) -> None:
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_result(SendResult("", False, error=error.to_dict()))
-        self._waiting.clear()
-
 
 class ContextBus(Bus):
     """``ctx.bus``: the client API from inside a handler, aware of its own entity."""
