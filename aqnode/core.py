@@ -53,7 +53,7 @@ class NodeCore(ShardLifecycle):
         self.live: dict[str, LiveMessage] = {}
         self.depth: dict[str, int] = {}  # entity key -> live messages (admitted, not finished)
         #: entity keys a shard holds a worker for (a Deliver went out, no WorkerGone since)
-        self.workers: set[str] = set()
+        self.workers: dict[str, int] = {}  # entity key -> its shard
         #: entity keys with unfinished messages and no worker yet (for max_total_workers)
         self.new_entities: set[str] = set()
         self.queued_total = 0  #: unfinished messages, admitted ones included
@@ -197,7 +197,7 @@ class NodeCore(ShardLifecycle):
         assert port.send is not None
         port.send(msg.deliver_item())
         msg.held = False
-        self.workers.add(msg.key)
+        self.workers[msg.key] = msg.shard
         self.new_entities.discard(msg.key)
 
     def _logged(
@@ -330,7 +330,7 @@ class NodeCore(ShardLifecycle):
             elif isinstance(item, ipc.Submit):
                 submits.append(self._shard_call(port, item))
             elif isinstance(item, ipc.WorkerGone) and not self.depth.get(item.entity_key):
-                self.workers.discard(item.entity_key)
+                self.workers.pop(item.entity_key, None)
         if finishes:
             self._finish(finishes)
         if retries:

@@ -41,7 +41,7 @@ class ShardLifecycle:
     ring: HashRing
     ports: list[ShardPort]
     live: dict[str, LiveMessage]
-    workers: set[str]
+    workers: dict[str, int]
     metrics: NodeMetrics
     uncertain: list[Admitted]
 
@@ -88,7 +88,8 @@ class ShardLifecycle:
         port.open = False
         port.generation += 1
         # Its workers died with it; its queued messages are its successor's to receive.
-        self.workers.difference_update([k for k in self.workers if self.ring.shard_for(k) == shard])
+        for key in [k for k, s in self.workers.items() if s == shard]:
+            del self.workers[key]
         cut_off = []
         for msg in self.live.values():
             if msg.shard == shard:
