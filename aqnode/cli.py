@@ -215,7 +215,12 @@ def _dlq(cfg: NodeConfig, redis_url: str | None) -> DeadLetterQueue:
     from aqnode.dlq import DeadLetterQueue, redis_url_for
 
     url = redis_url or redis_url_for(cfg)
-    client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    from aqnode.redis_url import sync_client
+
+    try:
+        client = sync_client(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    except ValueError as exc:
+        raise click.ClickException(f"cannot use Redis URL {url!r}: {exc}") from None
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

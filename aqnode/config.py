@@ -32,6 +32,8 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta
 
+from aqnode.redis_url import is_sentinel, parse_sentinel_url
+
 __all__ = [
     "ClusterConfig",
     "ConfigError",
@@ -264,6 +266,12 @@ def _name_problem(value: str, what: str, forbidden: str = "{}") -> str | None:
 
 def _redis_url_problem(url: str) -> str | None:
     schemes = ", ".join(f"{s}://" for s in sorted(REDIS_URL_SCHEMES))
+    if is_sentinel(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as e:
+            return f"{e}, got {_toml_repr(url)}"
+        return None
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises ValueError on a non-numeric or out-of-range port

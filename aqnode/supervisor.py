@@ -34,6 +34,7 @@ from aqnode.core import NodeCore
 from aqnode.grpc_service import AqNodeService
 from aqnode.managed_redis import ManagedRedis
 from aqnode.metrics import serve_metrics
+from aqnode.redis_url import async_client
 from aqnode.shard_link import ShardLink
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
@@ -165,7 +166,7 @@ class Supervisor:
         self.redis_url = url
         # No client-side retries: a dead Redis must fail fast with REDIS_UNAVAILABLE.
         try:
-            self._redis = aioredis.Redis.from_url(
+            self._redis = async_client(
                 url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
             )
         except ValueError as exc:
