@@ -72,38 +72,26 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def async_client(url: str, **options: Any) -> Any:
     """A ``redis.asyncio.Redis`` for ``url``; ``options`` go to every connection."""
-    if not is_sentinel(url):
-        import redis.asyncio as aioredis
-
-        return aioredis.Redis.from_url(url, **options)
+    import redis.asyncio as aioredis
     from redis.asyncio.sentinel import Sentinel
 
-    target = parse_sentinel_url(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        target.sentinels, socket_timeout=options.get("socket_timeout")
-    )
-    return sentinel.master_for(
-        target.service,
-        db=target.db,
-        username=target.username,
-        password=target.password,
-        **options,
-    )
+    return _client(url, options, aioredis.Redis, Sentinel)
 
 
 def sync_client(url: str, **options: Any) -> Any:
     """A blocking ``redis.Redis`` for ``url`` (the CLI's)."""
-    if not is_sentinel(url):
-        import redis
-
-        return redis.Redis.from_url(url, **options)
+    import redis
     from redis.sentinel import Sentinel
 
+    return _client(url, options, redis.Redis, Sentinel)
+
+
+def _client(url: str, options: dict[str, Any], redis_class: Any, sentinel_class: Any) -> Any:
+    if not is_sentinel(url):
+        return redis_class.from_url(url, **options)
     target = parse_sentinel_url(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        target.sentinels, socket_timeout=options.get("socket_timeout")
-    )
-    return sentinel.master_for(  # type: ignore[no-untyped-call]
+    sentinel = sentinel_class(target.sentinels, socket_timeout=options.get("socket_timeout"))
+    return sentinel.master_for(
         target.service,
         db=target.db,
         username=target.username,
