@@ -136,10 +136,8 @@ class ShardLifecycle:
             if isinstance(outcome, errors.AqError):  # not recorded: stays in flight, again
                 again.append(msg)
             elif outcome == "enqueued":
-                msg.state, msg.attempt = "enqueued", msg.attempt + 1
-                port = self.ports[msg.shard]
-                if msg.held and port.open and port.send is not None:
-                    self._deliver(msg)
+                msg.attempt += 1
+                self._requeued(msg)
             else:
                 if outcome == "interrupted":
                     self.metrics.dead_lettered.inc((msg.entity_type, "interrupted"))
@@ -158,6 +156,14 @@ class ShardLifecycle:
             asyncio.get_running_loop().call_later(LOG_RETRY_S, self._interrupt, again)
         for shard in shards:
             self._try_open(shard)
+
+    def _requeued(self, msg: LiveMessage) -> None:
+        """``msg`` is `enqueued` again: hand it over now if its shard is open and lacks it
+        (else the shard still has it at the head of its queue, or `_try_open` will)."""
+        msg.state = "enqueued"
+        port = self.ports[msg.shard]
+        if msg.held and port.open and port.send is not None:
+            self._deliver(msg)
 
     # ---- never started: take the dispatched mark back ----------------------------------
 
@@ -182,10 +188,7 @@ class ShardLifecycle:
             if isinstance(outcome, errors.AqError):
                 again.append(msg)
             elif outcome == 1:
-                msg.state = "enqueued"
-                port = self.ports[msg.shard]
-                if msg.held and port.open and port.send is not None:
-                    self._deliver(msg)
+                self._requeued(msg)
             else:
                 log.error("taking back %s: it was %s in the log", msg.message_id, outcome)
                 self._drop(
