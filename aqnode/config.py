@@ -32,7 +32,8 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta
 
-from aqnode.redis_url import is_sentinel, parse_sentinel_url
+from aqnode.util.hostport import parse_host_port
+from aqnode.util.redis_url import is_sentinel, parse_sentinel_url
 
 __all__ = [
     "ClusterConfig",
@@ -82,6 +83,9 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     url: str | None = None  # None: the node runs its own redis-server under data_dir
     health_check_ms: PositiveMs = 500
     health_failure_threshold: AtLeastOne = 3  # consecutive failed checks before "degraded"
+    socket_timeout_ms: PositiveMs = 5000  # a command that gets no answer this long fails
+    connect_timeout_ms: PositiveMs = 2000
+    start_timeout_ms: PositiveMs = 10000  # how long `aqnode serve` waits for Redis at start
 
 
 class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -216,7 +220,6 @@ _DEFAULT_ENTITY: Final = EntityConfig()
 
 REDIS_URL_SCHEMES: Final = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 _MODULE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_MAX_PORT: Final = 65535
 
 
 class _Invalid(Exception):
@@ -237,19 +240,10 @@ def _toml_repr(value: object) -> str:
 
 def _host_port_problem(value: str) -> str | None:
     """None if `value` is HOST:PORT (IPv6 in brackets) with a port 1..65535."""
-    expected = f"Expected HOST:PORT with a port from 1 to {_MAX_PORT}, got {_toml_repr(value)}"
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep or not host:
-            return expected
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host:
-            return expected
-        if ":" in host:
-            return f"{expected} (write an IPv6 host in brackets: [::1]:50051)"
-    if any(c.isspace() for c in host) or not port.isdigit() or not 1 <= int(port) <= _MAX_PORT:
-        return expected
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

@@ -26,6 +26,7 @@ import redis.exceptions as redis_errors
 from aqnode import errors
 from aqnode.wal import resp
 from aqnode.wal.keys import LogKeys
+from aqnode.wal.redis_errors import translated
 
 log = logging.getLogger("aqnode.wal")
 
@@ -131,21 +132,17 @@ class WriteAheadLog:
 
     async def read_entry(self, message_id: str) -> dict[str, Any]:
         """One entry's fields (text fields as str, ``payload``/``reply``/``error`` as bytes)."""
-        try:
+        with translated():
             raw = await self.redis.hgetall(self.keys.entry(message_id))
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise errors.RedisUnavailable(f"Redis did not answer ({exc}); try again") from exc
         return _decode_fields(raw)
 
     async def states(self, message_ids: Sequence[str]) -> list[str | None]:
         """The current state of each message (None: not in the log)."""
-        try:
+        with translated():
             pipe = self.redis.pipeline(transaction=False)
             for mid in message_ids:
                 pipe.hget(self.keys.entry(mid), "state")
             raw = await pipe.execute()
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise errors.RedisUnavailable(f"Redis did not answer ({exc}); try again") from exc
         return [None if v is None else _text(v) for v in raw]
 
     async def register_node(self) -> None:
@@ -173,12 +170,13 @@ class WriteAheadLog:
 
     async def cleanup(self, older_than: float, limit: int = 1000) -> int:
         """Evict terminal entries finished before ``older_than``; how many were deleted."""
-        done = await self.redis.zrangebyscore(self.keys.done, "-inf", older_than, 0, limit)
-        ids = [_text(i) for i in done]
-        if not ids:
-            return 0
-        keys = [self.keys.done, *(self.keys.entry(i) for i in ids)]
-        deleted: int = await self._run_script("cleanup", keys, ids)
+        with translated("Redis (log cleanup)"):
+            done = await self.redis.zrangebyscore(self.keys.done, "-inf", older_than, 0, limit)
+            ids = [_text(i) for i in done]
+            if not ids:
+                return 0
+            keys = [self.keys.done, *(self.keys.entry(i) for i in ids)]
+            deleted: int = await self._run_script("cleanup", keys, ids)
         return deleted
 
     async def dlq_take(self, message_ids: Sequence[str], mode: str) -> list[int]:
@@ -201,6 +199,10 @@ class WriteAheadLog:
         """Wait until everything handed in so far is committed (or failed)."""
         while self._task is not None:
             await asyncio.shield(self._task)
+
+    def abandon_in_flight(self, reason: str) -> None:
+        """Redis is given up for now: fail the commits waiting for replies at once."""
+        self._raw.abandon(reason)
 
     async def close(self) -> None:
         await self.flush()

@@ -108,6 +108,14 @@ class PipelinedConnection:
                 )
         await conn.disconnect()
 
+    def abandon(self, reason: str) -> None:
+        """Fail every batch waiting for replies now (their outcome is unknown) and drop
+        the connection: used when the health check has given Redis up, so that callers
+        hear at once instead of at the socket time-out."""
+        conn = self._conn
+        if conn is not None and self._waiting:
+            asyncio.get_running_loop().create_task(self._broken(conn, ConnectionError(reason)))
+
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()

@@ -5,7 +5,7 @@ import sys
 
 from aqnode import Command, entity_type, handles
 
-if getattr(sys.modules["__main__"].__spec__, "name", "") == "aqnode.shard":
+if getattr(sys.modules["__main__"].__spec__, "name", "").startswith("aqnode.shard"):
     os._exit(9)
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import redis
 
 from aqnode.client import Client, background_loop
-from aqnode.dlq import DeadLetterQueue
 from aqnode.errors import AqError
+from aqnode.wal.dlq import DeadLetterQueue
 from tests.handlers.testkit import Record
 from tests.node_fixture import Node, running_node
 from tests.redis_fixture import RedisServer, wait_for

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from aqnode.client import Client
-from aqnode.dlq import DeadLetterQueue
 from aqnode.errors import AqError, HandlerError
+from aqnode.wal.dlq import DeadLetterQueue
 from tests.handlers.testkit import NODE_ID, BlockLoop, Crash, Flaky, Get, Incr, Sleep
 from tests.node_fixture import running_node
 from tests.redis_fixture import RedisServer, wait_for

@@ -19,8 +19,8 @@ from aqnode import ipc
 from aqnode.bus import Envelope, SendResult
 from aqnode.catalogue import build_catalogue, import_handler_modules
 from aqnode.config import parse_config
-from aqnode.core import Call, NodeCore
 from aqnode.errors import RedisUnavailable
+from aqnode.supervisor.core import Call, NodeCore
 
 Done = Callable[[Any], None]
 

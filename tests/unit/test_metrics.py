@@ -1,4 +1,4 @@
-"""Unit tests for aqnode.metrics: rendering the text format and the HTTP endpoint."""
+"""Unit tests for aqnode.supervisor.metrics: rendering the text format and the HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from aqnode.metrics import (
+from aqnode.supervisor.metrics import (
     BATCH_BUCKETS,
     CONTENT_TYPE,
     DEFAULT_TIME_BUCKETS,

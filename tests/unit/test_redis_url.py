@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aqnode.config import ConfigError, parse_config
-from aqnode.redis_url import parse_sentinel_url
+from aqnode.util.redis_url import parse_sentinel_url
 
 
 def test_sentinel_urls_parse() -> None:
@@ -25,7 +25,7 @@ def test_sentinel_urls_parse() -> None:
     [
         ("redis+sentinel://h:1", "service"),
         ("redis+sentinel:///svc", "at least one sentinel"),
-        ("redis+sentinel://h:x/svc", "valid port"),
+        ("redis+sentinel://h:x/svc", "port from 1"),
         ("redis+sentinel://h:1/svc/zero", "number"),
     ],
 )

@@ -10,7 +10,7 @@ import msgspec
 from aqnode import ipc
 from aqnode.catalogue import build_catalogue, import_handler_modules
 from aqnode.config import parse_config
-from aqnode.worker import WorkerPool
+from aqnode.shard.worker import WorkerPool
 
 
 def test_a_handler_leaking_cancelled_error_fails_its_message_and_the_entity_goes_on() -> None:

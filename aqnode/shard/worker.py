@@ -23,7 +23,8 @@ import msgspec
 from aqnode import errors, ipc
 from aqnode.catalogue import Catalogue, MessageSpec
 from aqnode.config import NodeConfig, RetryPolicy
-from aqnode.context import Context, ContextBus, ShardBus
+from aqnode.context import Context
+from aqnode.shard.bus import ContextBus, ShardBus
 
 log = logging.getLogger("aqnode.worker")
 

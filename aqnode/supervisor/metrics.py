@@ -23,6 +23,8 @@ from http import HTTPStatus
 from itertools import pairwise
 from typing import Final, NamedTuple, TypeVar
 
+from aqnode.util.hostport import parse_host_port
+
 log = logging.getLogger("aqnode.metrics")
 
 Labels = tuple[str, ...]
@@ -358,15 +360,7 @@ _BAD_REQUEST = _Response(400, b"Bad request\n")
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 host in brackets) to (host, port); port 0 picks a free one."""
-    if listen.startswith("["):
-        host, sep, port = listen[1:].partition("]:")
-    else:
-        host, sep, port = listen.rpartition(":")
-        if ":" in host:
-            sep = ""  # an unbracketed IPv6 host is ambiguous
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"Expected HOST:PORT (IPv6 host in brackets), got {listen!r}")
-    return host, int(port)
+    return parse_host_port(listen, allow_zero=True)
 
 
 async def serve_metrics(

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from aqnode import ipc
-from aqnode.child import Child
+from aqnode.util.child import Child
 
 log = logging.getLogger("aqnode.supervisor")
 

@@ -19,11 +19,12 @@ import socket
 import sys
 import traceback
 
-from aqnode import errors, ipc, procutil
+from aqnode import errors, ipc
 from aqnode.catalogue import build_catalogue, import_handler_modules
 from aqnode.config import NodeConfig, decode_config
-from aqnode.context import ShardBus
-from aqnode.worker import WorkerPool
+from aqnode.shard.bus import ShardBus
+from aqnode.shard.worker import WorkerPool
+from aqnode.util import proc as procutil
 
 log = logging.getLogger("aqnode.shard")
 

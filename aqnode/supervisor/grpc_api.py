@@ -18,7 +18,7 @@ import grpc
 from aqnode import errors
 from aqnode.bus import Envelope, SendResult
 from aqnode.catalogue import JSON
-from aqnode.core import Call, NodeCore
+from aqnode.supervisor.core import Call, NodeCore
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 

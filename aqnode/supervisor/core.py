@@ -23,8 +23,8 @@ from aqnode import errors, ipc
 from aqnode.bus import Envelope, SendResult
 from aqnode.catalogue import Catalogue
 from aqnode.config import NodeConfig
-from aqnode.lifecycle import LOG_RETRY_S, ShardLifecycle
-from aqnode.live import (
+from aqnode.supervisor.lifecycle import LOG_RETRY_S, ShardLifecycle
+from aqnode.supervisor.live import (
     Admitted,
     Call,
     LiveMessage,
@@ -34,8 +34,8 @@ from aqnode.live import (
     failure,
     reply_in_callers_type,
 )
-from aqnode.metrics import NodeMetrics
-from aqnode.router import HashRing, entity_key
+from aqnode.supervisor.metrics import NodeMetrics
+from aqnode.util.ring import HashRing, entity_key
 from aqnode.wal import EnqueueEntry, FinishEntry, RetryEntry, WriteAheadLog
 
 log = logging.getLogger("aqnode.core")

@@ -20,25 +20,24 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from aqnode import __version__, errors, ipc, procutil
+from aqnode import __version__, errors, ipc
 from aqnode.catalogue import Catalogue, build_catalogue, import_handler_modules
 from aqnode.config import NodeConfig, encode_config
-from aqnode.core import NodeCore
-from aqnode.grpc_service import AqNodeService
-from aqnode.managed_redis import ManagedRedis
-from aqnode.metrics import serve_metrics
-from aqnode.redis_url import async_client
-from aqnode.shard_link import ShardLink
+from aqnode.supervisor.core import NodeCore
+from aqnode.supervisor.grpc_api import AqNodeService
+from aqnode.supervisor.managed_redis import ManagedRedis
+from aqnode.supervisor.metrics import serve_metrics
+from aqnode.supervisor.shards import ShardLink
+from aqnode.util import proc as procutil
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 from aqnode.wal import LogKeys, WriteAheadLog
+from aqnode.wal.url import log_client, ping
 
 log = logging.getLogger("aqnode.supervisor")
 
@@ -74,7 +73,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._managed: ManagedRedis | None = None
-        self._redis: aioredis.Redis | None = None
+        self._redis: Any = None  # redis.asyncio.Redis, typed loosely: only wal/ imports redis
         self._server: grpc.aio.Server | None = None
         self.core: NodeCore | None = None
         self._metrics_server: asyncio.Server | None = None
@@ -164,21 +163,30 @@ class Supervisor:
             self._managed = ManagedRedis(self.data_dir)
             url = await self._managed.start()
         self.redis_url = url
-        # No client-side retries: a dead Redis must fail fast with REDIS_UNAVAILABLE.
+        redis_cfg = self.config.redis
         try:
-            self._redis = async_client(
-                url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+            self._redis = log_client(
+                url,
+                socket_timeout_s=redis_cfg.socket_timeout_ms / 1000,
+                connect_timeout_s=redis_cfg.connect_timeout_ms / 1000,
             )
         except ValueError as exc:
             raise errors.StartupError(f"[redis] url {url!r} cannot be used: {exc}") from exc
-        deadline = time.monotonic() + REDIS_CONNECT_TIMEOUT_S
+        deadline = time.monotonic() + redis_cfg.start_timeout_ms / 1000
+        said = False
         while True:
             try:
-                await self._redis.ping()
+                await ping(self._redis, redis_cfg.connect_timeout_ms / 1000)
                 return
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            except errors.RedisUnavailable as exc:
                 if time.monotonic() > deadline:
-                    raise errors.StartupError(f"Redis at {url} does not answer: {exc}") from exc
+                    raise errors.StartupError(
+                        f"Redis at {url} does not answer after {redis_cfg.start_timeout_ms} ms "
+                        f"({exc.message}); start it, or fix [redis] url"
+                    ) from None
+                if not said:
+                    log.warning("waiting for Redis at %s (%s)", url, exc.message)
+                    said = True
                 await asyncio.sleep(0.2)
 
     async def _start_grpc(self) -> None:
@@ -353,12 +361,14 @@ class Supervisor:
         failures = 0
         while True:
             try:
-                await asyncio.wait_for(self._redis.ping(), interval * 2)
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError, TimeoutError) as exc:
+                await ping(self._redis, interval * 2)
+            except errors.RedisUnavailable as exc:
                 failures += 1
                 if failures >= self.config.redis.health_failure_threshold and self.core.redis_ok:
-                    log.error("Redis stopped answering (%s): rejecting new work", exc)
+                    log.error("Redis stopped answering (%s): rejecting new work", exc.message)
                     self.core.redis_ok = False
+                    # Calls waiting on the log are answered now, not at the socket time-out.
+                    self.core.wal.abandon_in_flight(exc.message)
             else:
                 if not self.core.redis_ok:
                     log.info("Redis answers again: taking new work")
@@ -405,7 +415,7 @@ class Supervisor:
             try:
                 while await wal.cleanup(time.time() - window) > 0:
                     pass
-            except (aioredis.RedisError, OSError) as exc:
+            except errors.RedisUnavailable as exc:
                 log.warning("log cleanup failed (%s); will try again", exc)
 
     # ---- stop -------------------------------------------------------------------------

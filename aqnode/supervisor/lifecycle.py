@@ -20,9 +20,9 @@ import msgspec
 from aqnode import errors
 from aqnode.bus import SendResult
 from aqnode.config import NodeConfig
-from aqnode.live import IN_FLIGHT, Admitted, LiveMessage, ShardPort, failure
-from aqnode.metrics import NodeMetrics
-from aqnode.router import HashRing, entity_key
+from aqnode.supervisor.live import IN_FLIGHT, Admitted, LiveMessage, ShardPort, failure
+from aqnode.supervisor.metrics import NodeMetrics
+from aqnode.util.ring import HashRing, entity_key
 from aqnode.wal import InterruptEntry, WriteAheadLog
 
 log = logging.getLogger("aqnode.core")

@@ -16,7 +16,7 @@ from aqnode import errors
 
 if TYPE_CHECKING:
     from aqnode.config import NodeConfig
-    from aqnode.dlq import DeadLetter, DeadLetterQueue
+    from aqnode.wal.dlq import DeadLetter, DeadLetterQueue
 
 DEFAULT_CONFIG = "node.toml"
 
@@ -65,7 +65,7 @@ def main() -> None:
 def serve(config: str | None) -> None:
     """Start a node: a supervisor and its shard processes, until SIGTERM/SIGINT."""
     from aqnode.config import ConfigError, load_config
-    from aqnode.supervisor import serve as run_node
+    from aqnode.supervisor.node import serve as run_node
 
     path = _config_path(config)
     try:
@@ -210,21 +210,16 @@ def _node_config(config: str | None) -> NodeConfig:
 
 
 def _dlq(cfg: NodeConfig, redis_url: str | None) -> DeadLetterQueue:
-    import redis
-
-    from aqnode.dlq import DeadLetterQueue, redis_url_for
+    from aqnode.wal.dlq import DeadLetterQueue, redis_url_for
+    from aqnode.wal.url import ping_sync
 
     url = redis_url or redis_url_for(cfg)
-    from aqnode.redis_url import sync_client
-
     try:
-        client = sync_client(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        client = ping_sync(url)
     except ValueError as exc:
         raise click.ClickException(f"cannot use Redis URL {url!r}: {exc}") from None
-    try:
-        client.ping()
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise click.ClickException(f"cannot reach Redis at {url}: {exc}") from None
+    except errors.AqError as exc:
+        raise click.ClickException(f"cannot reach Redis at {url}: {exc.message}") from None
     return DeadLetterQueue(client, cfg.key_prefix, cfg.wal.entry_ttl_s)
 
 
@@ -357,7 +352,7 @@ def dlq_purge(
     redis_url: str | None,
 ) -> None:
     """Delete dead letters for good (all of them, unless --id or --older-than)."""
-    from aqnode.dlq import parse_duration
+    from aqnode.wal.dlq import parse_duration
 
     queue = _dlq(_node_config(config), redis_url)
     letters = queue.entries()

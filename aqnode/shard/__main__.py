@@ -1,0 +1,3 @@
+from aqnode.shard.process import main
+
+main()

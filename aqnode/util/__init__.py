@@ -1,0 +1,1 @@
+"""Small process-independent helpers: child processes, the hash ring, host:port, backoff."""
