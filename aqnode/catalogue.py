@@ -7,6 +7,7 @@ shards use it to decode and run messages.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import traceback
@@ -55,6 +56,31 @@ class MessageSpec:
     def entity_id_of(self, msg: Message) -> str:
         return str(getattr(msg, self.id_field))
 
+    @property
+    def reply_type_name(self) -> str:
+        rt = self.reply_type
+        return "None" if rt is None else getattr(rt, "__qualname__", None) or repr(rt)
+
+    def reply_accepts(self, reply: Any) -> bool:
+        """Whether ``reply`` decodes as the declared ``R`` (what the caller will do)."""
+        rt = self.reply_type
+        if rt is Any:
+            return True
+        if rt is None or rt is type(None):
+            return reply is None
+        if isinstance(rt, type) and issubclass(rt, msgspec.Struct):
+            return isinstance(reply, rt)
+        try:
+            _reply_decoder(rt).decode(msgspec.msgpack.encode(reply))
+        except Exception:  # unencodable or the wrong shape: either way not an R
+            return False
+        return True
+
+
+@functools.cache
+def _reply_decoder(reply_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(reply_type)
+
 
 class Catalogue:
     """entity type -> message name -> :class:`MessageSpec`."""
@@ -96,9 +122,18 @@ class Catalogue:
             )
         try:
             msg = spec.decode(payload, content_type)
+            canonical = payload if content_type == MSGPACK else msgspec.msgpack.encode(msg)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise errors.ValidationFailed(
                 f"{entity_type}.{message}: {exc}", field=_field_of(str(exc))
+            ) from None
+        except RecursionError:
+            raise errors.ValidationFailed(
+                f"{entity_type}.{message}: the payload is nested too deeply to decode"
+            ) from None
+        except Exception as exc:  # anything else a decoder or encoder raises: still bad input
+            raise errors.ValidationFailed(
+                f"{entity_type}.{message}: the payload cannot be used ({type(exc).__name__}: {exc})"
             ) from None
         found = spec.entity_id_of(msg)
         if entity_id and found != entity_id:
@@ -112,7 +147,6 @@ class Catalogue:
                 f"{entity_type}.{message}: the entity id field `{spec.id_field}` is empty",
                 field=spec.id_field,
             )
-        canonical = payload if content_type == MSGPACK else msgspec.msgpack.encode(msg)
         return spec, found, canonical
 
 

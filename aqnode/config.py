@@ -56,6 +56,8 @@ __all__ = [
 PositiveMs = Annotated[int, Meta(gt=0)]  # a timeout/interval in milliseconds, > 0
 NonNegMs = Annotated[int, Meta(ge=0)]  # a delay in milliseconds, 0 = none
 Limit = Annotated[int, Meta(ge=0)]  # a depth/count limit, 0 = unbounded
+#: a size in bytes; at most 1 GiB, far above what one gRPC message or IPC frame carries
+Bytes = Annotated[int, Meta(ge=1, le=1024 * 1024 * 1024)]
 AtLeastOne = Annotated[int, Meta(ge=1)]  # counts and thresholds that make no sense below 1
 
 
@@ -156,6 +158,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     key_prefix: str = "aq"
     max_total_workers: Limit = 10000  # 0 = unbounded
     max_total_queue_depth: Limit = 100000  # 0 = unbounded
+    max_payload_bytes: Bytes = 4 * 1024 * 1024  # larger payloads get PAYLOAD_TOO_LARGE
+    max_reply_bytes: Bytes = 16 * 1024 * 1024  # a larger reply fails its message
+    max_id_bytes: Bytes = 1024  # entity ids and message ids (UTF-8)
     verbose: bool = False
     metrics_listen: str | None = None  # HOST:PORT for Prometheus text; None: no metrics port
     drain_timeout_ms: PositiveMs = 10000

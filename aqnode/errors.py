@@ -24,6 +24,7 @@ STALE_EPOCH = "STALE_EPOCH"
 MASTER_REBUILDING = "MASTER_REBUILDING"
 FORWARD_HOPS_EXCEEDED = "FORWARD_HOPS_EXCEEDED"
 UNAUTHENTICATED = "UNAUTHENTICATED"
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 # Not in SPEC section 8: a failure of the node itself (a bug, a broken connection).
 INTERNAL = "INTERNAL"
 UNAVAILABLE = "UNAVAILABLE"
@@ -131,6 +132,12 @@ class Draining(AqError):
     default_code = DRAINING
 
 
+class PayloadTooLarge(AqError):
+    """A payload over max_payload_bytes; nothing was written."""
+
+    default_code = PAYLOAD_TOO_LARGE
+
+
 class StartupError(Exception):
     """The node cannot start: bad handlers, bad config, a missing dependency."""
 
@@ -147,4 +154,5 @@ _BY_CODE: dict[str, type[AqError]] = {
     INTERRUPTED: Interrupted,
     SELF_WAIT: SelfWait,
     DRAINING: Draining,
+    PAYLOAD_TOO_LARGE: PayloadTooLarge,
 }

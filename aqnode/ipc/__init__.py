@@ -43,6 +43,15 @@ class Ready(_Item):
     """The handler modules are imported; the shard takes messages."""
 
 
+class Started(_Item):
+    """The worker is about to call the handler of ``message_id``. The shard waits until
+    this frame is in the kernel before the call, so a shard that dies leaves it readable:
+    a `dispatched` message without it provably never started and runs again on the
+    restarted shard instead of being dead-lettered."""
+
+    message_id: str
+
+
 class Dispatch(_Item):
     """Make ``dispatched`` durable for this message, then say so with DispatchResult."""
 
@@ -145,7 +154,9 @@ class Stop(_Item):
     drain_timeout_ms: int
 
 
-ToSupervisor = Hello | Ready | Dispatch | Outcome | Retry | WorkerGone | Submit | Heartbeat
+ToSupervisor = (
+    Hello | Ready | Started | Dispatch | Outcome | Retry | WorkerGone | Submit | Heartbeat
+)
 ToShard = Welcome | Deliver | DispatchResult | RetryResult | SubmitResult | Stop
 
 T = TypeVar("T")
@@ -153,6 +164,11 @@ T = TypeVar("T")
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame."""
+
+
+class TruncatedFrame(ProtocolError):
+    """The peer closed in the middle of a frame (it died while writing): every earlier
+    frame was whole, so the stream was still read to its end."""
 
 
 class FrameChannel(Generic[T]):
@@ -171,6 +187,7 @@ class FrameChannel(Generic[T]):
         self._pending: list[Any] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
+        self._confirming: list[asyncio.Future[None]] = []
 
     def send(self, item: Any) -> None:
         self._pending.append(item)
@@ -181,12 +198,54 @@ class FrameChannel(Generic[T]):
     def _flush(self) -> None:
         self._flush_scheduled = False
         items, self._pending = self._pending, []
-        if not items or self._writer.is_closing():
-            return
+        if items and not self._writer.is_closing():
+            self._write(items)
+        if self._confirming:
+            waiting, self._confirming = self._confirming, []
+            self._loop.create_task(self._confirm(waiting))
+
+    def _write(self, items: list[Any]) -> None:
         buf = bytearray(_LENGTH.size)
         self._encoder.encode_into(items, buf, _LENGTH.size)
+        if len(buf) - _LENGTH.size > MAX_FRAME_BYTES and len(items) > 1:
+            # Many large items in one tick: several frames, never one the peer refuses.
+            half = len(items) // 2
+            self._write(items[:half])
+            self._write(items[half:])
+            return
         _LENGTH.pack_into(buf, 0, len(buf) - _LENGTH.size)
         self._writer.write(buf)
+
+    def confirm(self) -> asyncio.Future[None]:
+        """A future done once everything sent so far is in the kernel (not in our buffer):
+        what a process wrote before it died is still readable by the peer. Items of the
+        same loop tick still share one frame; ConnectionError if the socket is closed."""
+        future = self._loop.create_future()
+        self._confirming.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    async def _confirm(self, waiting: list[asyncio.Future[None]]) -> None:
+        transport = self._writer.transport
+        error: BaseException | None = None
+        try:
+            while not self._writer.is_closing() and transport.get_write_buffer_size() > 0:
+                # With a high-water mark of 0, drain() waits until the buffer is empty.
+                transport.set_write_buffer_limits(high=0)
+                await self._writer.drain()
+            if self._writer.is_closing():
+                error = ConnectionError("the socket closed before the frame was written")
+        except ConnectionError as exc:
+            error = exc
+        for future in waiting:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
     async def drain(self) -> None:
         self._flush()
@@ -199,7 +258,7 @@ class FrameChannel(Generic[T]):
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:
                 return None
-            raise ProtocolError("the peer closed in the middle of a frame header") from None
+            raise TruncatedFrame("the peer closed in the middle of a frame header") from None
         except ConnectionError:  # reset: the peer died with our data unread
             return None
         (length,) = _LENGTH.unpack(header)
@@ -208,7 +267,7 @@ class FrameChannel(Generic[T]):
         try:
             body = await self._reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError):
-            raise ProtocolError("the peer closed in the middle of a frame") from None
+            raise TruncatedFrame("the peer closed in the middle of a frame") from None
         try:
             return self._decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

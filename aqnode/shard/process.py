@@ -53,7 +53,7 @@ class Shard:
 
     def start_pool(self, config: NodeConfig) -> None:
         catalogue = build_catalogue({n: e.default_entity_id for n, e in config.entities.items()})
-        self.pool = WorkerPool(config, catalogue, self.channel.send, self.bus)
+        self.pool = WorkerPool(config, catalogue, self.channel.send, self.bus, self.channel.confirm)
 
     async def serve(self, heartbeat_s: float) -> int:
         assert self.pool is not None

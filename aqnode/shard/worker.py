@@ -4,6 +4,12 @@ A worker with messages has exactly one task, which walks its queue: ask the supe
 to make ``dispatched`` durable, run the handler, report the outcome, next. A worker with
 no messages has no task and no timer: it sits in its entity type's idle list (oldest
 first) until one sweep per shard tears it down after ``worker_idle_timeout_ms``.
+
+At most once, by construction: a durable ``dispatched`` mark is a *permit* for exactly
+one run (``Deliver.dispatched``, or a granted ``Dispatch``). :meth:`WorkerPool._run_once`
+consumes the permit before it calls the handler and refuses to call without one, and
+every way out of a handler (any exception, ``SystemExit``, a failing ``__str__``)
+becomes that message's one outcome.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -25,6 +31,7 @@ from aqnode.catalogue import Catalogue, MessageSpec
 from aqnode.config import NodeConfig, RetryPolicy
 from aqnode.context import Context
 from aqnode.shard.bus import ContextBus, ShardBus
+from aqnode.util.backoff import doubling
 
 log = logging.getLogger("aqnode.worker")
 
@@ -51,11 +58,15 @@ class WorkerPool:
         catalogue: Catalogue,
         send: Callable[[Any], None],
         shard_bus: ShardBus,
+        confirm: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
         self._catalogue = catalogue
         self._send = send
+        #: resolves once every item sent so far is in the kernel (see ipc.Started)
+        self._confirm = confirm or _nothing_to_confirm
         self._shard_bus = shard_bus
+        self._max_reply_bytes = config.max_reply_bytes
         self._idle_timeouts = {
             n: e.worker_idle_timeout_ms / 1000 for n, e in config.entities.items()
         }
@@ -117,26 +128,55 @@ class WorkerPool:
         # Draining starts nothing new, but a head already `dispatched` in the log runs.
         while queue and (not self.draining or queue[0].dispatched):
             item = queue[0]
-            if item.dispatched:
-                item.dispatched = False  # a retry of it asks again
-            elif not await self._until_logged(ipc.Dispatch(item.message_id)):
-                self._pop(worker)  # the log says it may not run; the supervisor told its waiter
+            if not item.dispatched:
+                if not await self._until_logged(ipc.Dispatch(item.message_id)):
+                    self._pop(worker)  # the log says it may not run; its waiter was told
+                    continue
+                item.dispatched = True  # the permit for one run
+            outcome = await self._run_once(item)
+            try:
+                retried = await self._after(worker, item, outcome)
+            except Exception as exc:  # a bug of ours: the message still gets its outcome
+                log.exception("worker %s: recording the outcome of %s failed", worker.key, item)
+                retried = False
+                outcome = _failed(item, exc, outcome.started_at, outcome.duration_s)
+                self._finish(worker, outcome)
+            if retried:
                 continue
-            outcome = await self._execute(item)
-            policy = self._retry_policy(item.entity_type)
-            if not outcome.ok and item.attempt < policy.max_attempts:
-                # Head of line: the message is `enqueued` again before anything else of
-                # this entity runs, and waits out its backoff at the front of the queue.
-                assert outcome.error is not None
-                if await self._until_logged(ipc.Retry(item.message_id, outcome.error)):
-                    await self._pause(backoff_s(policy, item.attempt))
-                    item.attempt += 1
-                else:
-                    self._pop(worker)
-                continue
-            self._pop(worker)
-            self.handled += 1
-            self._send(outcome)
+
+    async def _after(self, worker: EntityWorker, item: ipc.Deliver, outcome: ipc.Outcome) -> bool:
+        """Report ``outcome``, or log a retry; True if the message stays at the head."""
+        policy = self._retry_policy(item.entity_type)
+        if not outcome.ok and item.attempt < policy.max_attempts:
+            # Head of line: the message is `enqueued` again before anything else of this
+            # entity runs, and waits out its backoff at the front of the queue.
+            assert outcome.error is not None
+            if await self._until_logged(ipc.Retry(item.message_id, outcome.error)):
+                await self._pause(backoff_s(policy, item.attempt))
+                item.attempt += 1
+                return True
+            self._pop(worker)  # the log refused the retry; the supervisor told its waiter
+            return False
+        self._finish(worker, outcome)
+        return False
+
+    def _finish(self, worker: EntityWorker, outcome: ipc.Outcome) -> None:
+        self._pop(worker)
+        self.handled += 1
+        self._send(outcome)
+
+    async def _run_once(self, item: ipc.Deliver) -> ipc.Outcome:
+        """Consume the message's permit and call its handler: at most once per permit."""
+        if not item.dispatched:  # unreachable by design; refuse rather than run twice
+            error = errors.AqError(
+                f"message {item.message_id} was about to run without a dispatched mark; "
+                "it was not run"
+            )
+            return ipc.Outcome(item.message_id, False, b"", error.to_dict())
+        item.dispatched = False  # consumed before the call: nothing can make it run again
+        self._send(ipc.Started(item.message_id))
+        await self._confirm()  # a crash from here on is known to have interrupted it
+        return await self._execute(item)
 
     def _pop(self, worker: EntityWorker) -> None:
         assert worker.queue is not None
@@ -146,7 +186,7 @@ class WorkerPool:
     async def _until_logged(self, item: ipc.Dispatch | ipc.Retry) -> bool:
         """Send a transition and wait until it is durable; while Redis is away, keep asking
         (the message keeps its place). False if the log refuses it for good."""
-        delay = DISPATCH_RETRY_MIN_S
+        tries = 0
         while True:
             future: asyncio.Future[ipc.DispatchResult | ipc.RetryResult]
             future = asyncio.get_running_loop().create_future()
@@ -157,8 +197,8 @@ class WorkerPool:
                 return True
             if not result.again or self.draining:
                 return False  # refused for good: the supervisor has answered its waiters
-            await self._pause(delay)
-            delay = min(delay * 2, DISPATCH_RETRY_MAX_S)
+            tries += 1
+            await self._pause(doubling(DISPATCH_RETRY_MIN_S, DISPATCH_RETRY_MAX_S, tries))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when the shard starts draining."""
@@ -182,26 +222,37 @@ class WorkerPool:
         self._drain_event.set()
 
     async def _execute(self, item: ipc.Deliver) -> ipc.Outcome:
+        """Run the handler; whatever it does becomes the Outcome. Only the cancellation of
+        this worker's own task (the shard stopping) propagates."""
         started_at, started = time.time(), time.perf_counter()
         try:
             spec = self._catalogue.lookup(item.entity_type, item.message)
             msg = spec.msgpack_decoder.decode(item.payload)
             reply = await self._call(spec, msg, item)
-            encoded = self._encoder.encode(reply)
+            encoded = self._encode_reply(spec, reply)
         except BaseException as exc:  # the handler's failure is the message's outcome
             task = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit) and (
-                not isinstance(exc, asyncio.CancelledError)
-                or (task is not None and task.cancelling())
-            ):
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                 raise  # the worker itself is being stopped, not a handler failure
-            error = handler_error(exc).to_dict()
-            return ipc.Outcome(
-                item.message_id, False, b"", error, started_at, time.perf_counter() - started
-            )
+            return _failed(item, exc, started_at, time.perf_counter() - started)
         return ipc.Outcome(
             item.message_id, True, encoded, None, started_at, time.perf_counter() - started
         )
+
+    def _encode_reply(self, spec: MessageSpec, reply: Any) -> bytes:
+        """The reply as msgpack, checked against the message's reply type and size."""
+        if not spec.reply_accepts(reply):
+            raise ReplyTypeError(
+                f"{spec.handler.qualname} returned {type(reply).__qualname__}, but "
+                f"{spec.name} declares the reply type {spec.reply_type_name}"
+            )
+        encoded = self._encoder.encode(reply)
+        if len(encoded) > self._max_reply_bytes:
+            raise ReplyTooLarge(
+                f"{spec.handler.qualname} returned a reply of {len(encoded)} bytes, over "
+                f"max_reply_bytes = {self._max_reply_bytes}"
+            )
+        return encoded
 
     async def _call(self, spec: MessageSpec, msg: Any, item: ipc.Deliver) -> Any:
         func = spec.handler.func
@@ -253,21 +304,51 @@ class WorkerPool:
 
 def backoff_s(policy: RetryPolicy, attempt: int) -> float:
     """Seconds to wait before attempt ``attempt + 1`` (SPEC section 7)."""
-    delay = policy.backoff_delay_ms
-    if policy.backoff == "exponential":
-        delay *= 2 ** (attempt - 1)
-    return min(delay, policy.max_delay_ms) / 1000
+    if policy.backoff == "fixed":
+        return min(policy.backoff_delay_ms, policy.max_delay_ms) / 1000
+    return doubling(policy.backoff_delay_ms, policy.max_delay_ms, attempt) / 1000
+
+
+class ReplyTypeError(TypeError):
+    """A handler returned something that is not its message's reply type."""
+
+
+class ReplyTooLarge(ValueError):
+    """A handler's reply is over max_reply_bytes."""
+
+
+async def _nothing_to_confirm() -> None:
+    return None
+
+
+def _failed(item: ipc.Deliver, exc: BaseException, started_at: float, took: float) -> ipc.Outcome:
+    return ipc.Outcome(item.message_id, False, b"", handler_error(exc).to_dict(), started_at, took)
 
 
 def handler_error(exc: BaseException) -> errors.HandlerError:
-    """Wrap whatever a handler raised (an AqError from a bus call too) as HANDLER_ERROR."""
+    """Wrap whatever a handler raised (an AqError from a bus call too) as HANDLER_ERROR.
+
+    Never raises: an exception whose ``__str__`` (or ``__repr__``, or traceback
+    formatting) fails is still described, by what can be known of it."""
     cls = type(exc)
     name = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
-    return errors.HandlerError(
-        f"the handler raised {name}: {exc}",
-        remote_type=name,
-        remote_message=str(exc),
-        remote_traceback="".join(traceback.format_exception(exc)),
+    text = _safely(lambda: str(exc), f"<{name}: its __str__ raised>")
+    trace = _safely(
+        lambda: "".join(traceback.format_exception(exc)),
+        f"{name}: {text}\n(the traceback could not be formatted)",
     )
+    return errors.HandlerError(
+        f"the handler raised {name}: {text}",
+        remote_type=name,
+        remote_message=text,
+        remote_traceback=trace,
+    )
+
+
+def _safely(render: Callable[[], str], fallback: str) -> str:
+    try:
+        return str(render())
+    except BaseException:  # user code: a __str__ may raise anything
+        return fallback

@@ -81,8 +81,13 @@ class NodeCore(ShardLifecycle):
             try:
                 admitted_call = self._admit(call)
             except errors.AqError as exc:
-                self.metrics.rejected.inc((call.envelope.entity_type, exc.code))
-                call.reply(failure("", exc))
+                self._reject(call, exc)
+                continue
+            except Exception as exc:  # a bug of ours: this call alone fails, the batch goes on
+                log.exception("admitting a message failed")
+                self._reject(
+                    call, errors.AqError(f"the node failed to admit this message: {exc!r}")
+                )
                 continue
             if admitted_call is not None:
                 admitted.append(admitted_call)
@@ -103,6 +108,29 @@ class NodeCore(ShardLifecycle):
         ]
         self.wal.enqueue(entries, lambda result: self._logged(admitted, now, result))
 
+    def _reject(self, call: Call, exc: errors.AqError) -> None:
+        etype = call.envelope.entity_type
+        # A label per unknown name would let any client grow the metrics without bound.
+        label = etype if etype in self.catalogue.entity_types else "(unknown)"
+        self.metrics.rejected.inc((label, exc.code))
+        call.reply(failure("", exc))
+
+    def _check_sizes(self, env: Envelope) -> None:
+        """Refuse what is too large before anything is decoded (SPEC 8)."""
+        limit = self.config.max_payload_bytes
+        if len(env.payload) > limit:
+            raise errors.PayloadTooLarge(
+                f"the payload is {len(env.payload)} bytes, over max_payload_bytes = {limit}; "
+                "send less, or raise the limit in the node's config"
+            )
+        for name, value in (("entity_id", env.entity_id), ("message_id", env.message_id)):
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > self.config.max_id_bytes:
+                raise errors.ValidationFailed(
+                    f"{name} is {size} bytes, over max_id_bytes = {self.config.max_id_bytes}",
+                    field=name,
+                )
+
     def _admit(self, call: Call) -> Admitted | None:
         if self.draining:
             raise errors.Draining(
@@ -115,9 +143,16 @@ class NodeCore(ShardLifecycle):
                 "written; retry when it is back"
             )
         env = call.envelope
+        self._check_sizes(env)
         spec, entity_id, payload = self.catalogue.validate(
             env.entity_type, env.message, env.entity_id, env.payload, env.content_type
         )
+        if len(entity_id.encode("utf-8", "surrogatepass")) > self.config.max_id_bytes:
+            raise errors.ValidationFailed(
+                f"the entity id in field `{spec.id_field}` is over max_id_bytes = "
+                f"{self.config.max_id_bytes}",
+                field=spec.id_field,
+            )
         key = entity_key(spec.entity_type, entity_id)
         if call.wait and call.caller == key:
             raise errors.SelfWait(
@@ -312,7 +347,11 @@ class NodeCore(ShardLifecycle):
         submits: list[Call] = []
         port = self.ports[shard]
         for item in items:
-            if isinstance(item, ipc.Dispatch):
+            if isinstance(item, ipc.Started):
+                msg = self.live.get(item.message_id)
+                if msg is not None:
+                    msg.started = True
+            elif isinstance(item, ipc.Dispatch):
                 dispatches.append(item.message_id)
                 msg = self.live.get(item.message_id)
                 if msg is not None:
@@ -413,7 +452,7 @@ class NodeCore(ShardLifecycle):
             stale = port.generation != generation
             for (msg, _), outcome in zip(retries, outcomes, strict=True):
                 if outcome in (1, "enqueued"):
-                    msg.state, msg.attempt = "enqueued", msg.attempt + 1
+                    msg.state, msg.attempt, msg.started = "enqueued", msg.attempt + 1, False
                     answer = ipc.RetryResult(msg.message_id, True)
                 elif isinstance(outcome, errors.AqError):  # still `dispatched`: ask again
                     msg.state = "dispatched"

@@ -39,7 +39,9 @@ STATUS_FOR_CODE: dict[str, grpc.StatusCode] = {
     errors.MASTER_REBUILDING: grpc.StatusCode.UNAVAILABLE,
     errors.FORWARD_HOPS_EXCEEDED: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+FRAME_REPLY_BYTES = 4 * 1024 * 1024  #: bytes of replies gathered into one ServerFrame
 ERROR_METADATA = "aq-error-bin"  #: trailing metadata: the whole error as JSON
 CODE_METADATA = "aq-code"  #: trailing metadata: the SPEC code alone
 
@@ -169,7 +171,7 @@ class AqNodeService(pb_grpc.AqNodeServicer):
         await self._authenticate(context)
         outbox: list[pb.Outcome] = []
         ready = asyncio.Event()
-        state = {"outstanding": 0, "closed": False}
+        state: dict[str, Any] = {"outstanding": 0, "closed": False, "error": None}
 
         def reply_for(call_id: int) -> Callable[[SendResult], None]:
             def reply(result: SendResult) -> None:
@@ -190,6 +192,8 @@ class AqNodeService(pb_grpc.AqNodeServicer):
                     ]
                     state["outstanding"] += len(calls)
                     self._core.submit(calls)
+            except Exception as exc:  # an undecodable frame, or a bug: end the stream, say why
+                state["error"] = exc
             finally:
                 state["closed"] = True
                 ready.set()
@@ -199,14 +203,36 @@ class AqNodeService(pb_grpc.AqNodeServicer):
             while True:
                 await ready.wait()
                 ready.clear()
-                if outbox:
-                    batch = outbox[:]
-                    outbox.clear()
-                    yield pb.ServerFrame(outcomes=batch)
+                while outbox:
+                    yield pb.ServerFrame(outcomes=_take_frame(outbox))
+                if state.get("error") is not None:
+                    await _abort(context, _stream_error(state["error"]))
                 if state["closed"] and state["outstanding"] <= 0 and not outbox:
                     return
         finally:
             reader.cancel()
+
+
+def _take_frame(outbox: list[pb.Outcome]) -> list[pb.Outcome]:
+    """Take outcomes off the front of ``outbox`` for one ServerFrame: replies of up to
+    FRAME_REPLY_BYTES together (at least one), so a frame stays under gRPC's size limit."""
+    size, count = 0, 0
+    for outcome in outbox:
+        size += len(outcome.reply)
+        if count and size > FRAME_REPLY_BYTES:
+            break
+        count += 1
+    batch = outbox[:count]
+    del outbox[:count]
+    return batch
+
+
+def _stream_error(exc: BaseException) -> dict[str, Any]:
+    return errors.AqError(
+        f"the Session stream failed: a ClientFrame could not be read ({type(exc).__name__}: "
+        f"{exc}); the calls answered so far stand, resend the others",
+        code=errors.INVALID_PAYLOAD,
+    ).to_dict()
 
 
 async def _abort(context: Any, error: dict[str, Any] | None) -> None:

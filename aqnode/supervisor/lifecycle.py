@@ -44,6 +44,7 @@ class ShardLifecycle:
     workers: dict[str, int]
     metrics: NodeMetrics
     uncertain: list[Admitted]
+    new_entities: set[str]
 
     def _drop(self, msg: LiveMessage, result: SendResult, *, keep: bool = False) -> None:
         raise NotImplementedError
@@ -81,8 +82,13 @@ class ShardLifecycle:
             if msg.state == "enqueued":
                 self._deliver(msg)
 
-    def shard_down(self, shard: int) -> None:
-        """A shard died: what it may have started is interrupted; its queue waits for it."""
+    def shard_down(self, shard: int, *, read_to_the_end: bool) -> None:
+        """A shard died: what it started is interrupted; the rest waits for its successor.
+
+        ``read_to_the_end``: every frame the dead shard wrote was read, so a `dispatched`
+        message without a ``Started`` provably never ran and is taken back (it runs on the
+        restarted shard, in order, once). Otherwise every `dispatched` one is interrupted.
+        """
         port = self.ports[shard]
         port.send = None
         port.open = False
@@ -90,14 +96,19 @@ class ShardLifecycle:
         # Its workers died with it; its queued messages are its successor's to receive.
         for key in [k for k, s in self.workers.items() if s == shard]:
             del self.workers[key]
-        cut_off = []
+        cut_off: list[LiveMessage] = []
+        never_started: list[LiveMessage] = []
         for msg in self.live.values():
-            if msg.shard == shard:
-                msg.held = True
-                self._track(msg.key)
-                if msg.state == "dispatched":
-                    cut_off.append(msg)
+            if msg.shard != shard:
+                continue
+            msg.held = True
+            # Still counted in depth and queued_total (they are unfinished); only the
+            # worker is gone, so the entity counts as new for max_total_workers.
+            self.new_entities.add(msg.key)
+            if msg.state == "dispatched":
+                (cut_off if msg.started or not read_to_the_end else never_started).append(msg)
         self._interrupt(cut_off)
+        self._undispatch(never_started)
 
     # ---- interrupted: dead-letter or requeue -------------------------------------------
 
@@ -161,6 +172,7 @@ class ShardLifecycle:
         """``msg`` is `enqueued` again: hand it over now if its shard is open and lacks it
         (else the shard still has it at the head of its queue, or `_try_open` will)."""
         msg.state = "enqueued"
+        msg.started = False
         port = self.ports[msg.shard]
         if msg.held and port.open and port.send is not None:
             self._deliver(msg)
@@ -170,6 +182,10 @@ class ShardLifecycle:
     def _undispatch(self, messages: list[LiveMessage]) -> None:
         """`dispatched` in the log, but no live shard ever got the go-ahead: back to
         `enqueued`, so that the message runs in its turn instead of being dead-lettered."""
+        started = [m for m in messages if m.started]
+        if started:  # may have run: never taken back (at most once), interrupted instead
+            self._interrupt(started)
+            messages = [m for m in messages if not m.started]
         if not messages:
             return
         for msg in messages:

@@ -50,6 +50,9 @@ class LiveMessage:
     shard: int
     state: str = "enqueued"  # see IN_FLIGHT
     held: bool = True  # the shard does not have it (never delivered, or its shard died)
+    #: the shard said Started for the current `dispatched` mark: the handler may have run,
+    #: so the message is finished or interrupted, never taken back or delivered again
+    started: bool = False
     attempt: int = 1
     waiters: list[Waiter] = field(default_factory=list)
 

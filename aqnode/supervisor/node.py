@@ -34,6 +34,7 @@ from aqnode.supervisor.managed_redis import ManagedRedis
 from aqnode.supervisor.metrics import serve_metrics
 from aqnode.supervisor.shards import ShardLink
 from aqnode.util import proc as procutil
+from aqnode.util.backoff import doubling
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 from aqnode.wal import LogKeys, WriteAheadLog
@@ -44,7 +45,9 @@ log = logging.getLogger("aqnode.supervisor")
 RESTART_BACKOFF_MIN_S = 0.1  #: seconds before the first restart of a crashed shard
 RESTART_BACKOFF_MAX_S = 10.0  #: seconds; the backoff doubles up to this
 STABLE_AFTER_S = 10.0  #: seconds a shard must live for its crash count to reset
-MAX_FAILED_STARTS = 5  #: shards dying this many times in a row at start halt the node
+#: a shard that fails to become ready this many times in a row halts the node; a shard
+#: that was serving and died (a kill from outside, a handler's os._exit) never does
+MAX_FAILED_STARTS = 5
 REDIS_CONNECT_TIMEOUT_S = 10.0  #: seconds to wait for Redis at start
 
 
@@ -54,7 +57,8 @@ class ShardSlot:
 
     index: int
     link: ShardLink | None = None
-    failures: int = 0  # crashes in a row without living STABLE_AFTER_S
+    failed_starts: int = 0  # starts in a row that never became ready (these halt the node)
+    crashes: int = 0  # deaths in a row of a serving shard that lived < STABLE_AFTER_S (backoff)
     next_start: float = 0.0
     restarts: int = 0
 
@@ -191,10 +195,13 @@ class Supervisor:
 
     async def _start_grpc(self) -> None:
         assert self.core is not None
+        # Room for one payload (or reply) at its limit plus a batch of ordinary ones; a
+        # larger payload gets PAYLOAD_TOO_LARGE from the core, not a transport error.
+        slack = 64 * 1024 * 1024
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", self.config.max_payload_bytes + slack),
+                ("grpc.max_send_message_length", self.config.max_reply_bytes + slack),
                 ("grpc.so_reuseport", 0),
             ]
         )
@@ -317,8 +324,9 @@ class Supervisor:
             code = await link.wait() if link.process is not None else None
             reason = f"shard {slot.index} failed to start ({exc}; exit code {code})"
             log.error("%s", reason)
-            self._shard_failed(slot, reason, code)
+            self._start_failed(slot, reason, code)
             return
+        slot.failed_starts = 0
         core.shard_up(slot.index, link.send)
         asyncio.get_running_loop().create_task(self._watch(slot, link))
 
@@ -327,25 +335,29 @@ class Supervisor:
         if self._stopping:
             return
         assert self.core is not None
-        self.core.shard_down(slot.index)
+        self.core.shard_down(slot.index, read_to_the_end=link.read_all)
         lived = time.monotonic() - link.started_at
-        if lived >= STABLE_AFTER_S:
-            slot.failures = 0
+        slot.crashes = 1 if lived >= STABLE_AFTER_S else slot.crashes + 1
         log.error(
             "shard %d (pid %s) exited with code %s after %.1fs", slot.index, link.pid, code, lived
         )
-        self._shard_failed(slot, f"shard {slot.index} keeps exiting (last exit code {code})", code)
+        self._restart_later(slot, slot.crashes)
 
-    def _shard_failed(self, slot: ShardSlot, reason: str, code: int | None) -> None:
-        slot.link = None
-        slot.failures += 1
+    def _start_failed(self, slot: ShardSlot, reason: str, code: int | None) -> None:
+        slot.failed_starts += 1
         if code in (procutil.EXIT_IMPORT_ERROR, procutil.EXIT_BOOT_ERROR):
+            slot.link = None
             self._halt(f"{reason}: the shard cannot start; see its error above")
             return
-        if slot.failures >= MAX_FAILED_STARTS:
-            self._halt(f"{reason}, {slot.failures} times in a row; stopping the node")
+        if slot.failed_starts >= MAX_FAILED_STARTS:
+            slot.link = None
+            self._halt(f"{reason}, {slot.failed_starts} times in a row; stopping the node")
             return
-        delay = min(RESTART_BACKOFF_MIN_S * 2 ** (slot.failures - 1), RESTART_BACKOFF_MAX_S)
+        self._restart_later(slot, slot.failed_starts)
+
+    def _restart_later(self, slot: ShardSlot, attempt: int) -> None:
+        slot.link = None
+        delay = doubling(RESTART_BACKOFF_MIN_S, RESTART_BACKOFF_MAX_S, attempt)
         slot.next_start = time.monotonic() + delay
         slot.restarts += 1
         log.warning("restarting shard %d in %.1fs", slot.index, delay)

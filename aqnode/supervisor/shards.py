@@ -45,6 +45,9 @@ class ShardLink:
         self.channel: ipc.FrameChannel[ipc.ToSupervisor] | None = None
         self.ready = False
         self.exited = False  # the process is gone; its last frames are still being read
+        #: every frame the shard wrote was read (a clean close, or a frame cut short by its
+        #: death): only then does a missing ``Started`` prove a message never started
+        self.read_all = False
         self.started_at = 0.0
         self.last_heartbeat = 0.0
         self.workers = 0
@@ -120,9 +123,14 @@ class ShardLink:
         while True:
             try:
                 frame = await channel.receive()
+            except ipc.TruncatedFrame:
+                frame = None
+                self.read_all = True
             except ipc.ProtocolError as exc:
                 log.error("shard %d sent a bad frame (%s); closing its socket", self.index, exc)
                 frame = None
+            else:
+                self.read_all = frame is None
             if frame is None:
                 channel.close()
                 return

@@ -84,7 +84,7 @@ class Harness:
         return replies
 
     def restart_shard(self) -> None:
-        self.core.shard_down(0)
+        self.core.shard_down(0, read_to_the_end=False)
         self.sent = []
         self.core.shard_up(0, self.sent.append)
 
@@ -114,7 +114,7 @@ def test_a_shard_dying_after_its_outcome_does_not_interrupt_the_message(h: Harne
     done([1])
     mid = items[0].message_id
     h.core.on_shard_items(0, [ipc.Outcome(mid, True, msgspec.msgpack.encode({"x": 1}))])
-    h.core.shard_down(0)  # the shard's last frame was read, then it died
+    h.core.shard_down(0, read_to_the_end=False)  # the shard's last frame was read, then it died
     assert "interrupt" not in h.log.kinds()
     _, finished = h.log.take("finish")
     finished([1])
@@ -213,3 +213,94 @@ def test_a_reply_for_a_dead_shards_bus_call_is_dropped(h: Harness) -> None:
     h.restart_shard()
     h.log.take("enqueue")[1]([1])
     assert not any(isinstance(x, ipc.SubmitResult) for x in h.sent)
+
+
+def _live_totals(h: Harness) -> tuple[int, dict[str, int], set[str]]:
+    return h.core.queued_total, dict(h.core.depth), set(h.core.new_entities)
+
+
+@in_loop
+def test_a_shard_crash_does_not_count_its_live_messages_twice() -> None:
+    """Bug: shard_down tracked every live message again, so limits drifted per crash."""
+    h = Harness("max_total_queue_depth = 30\n")
+    for i in range(10):
+        h.send(f"a{i}", wait=False)
+        _, done = h.log.take("enqueue")
+        done([1])
+    assert h.core.queued_total == 10
+    h.core.shard_down(0, read_to_the_end=True)
+    assert h.core.queued_total == 10  # the same ten, still unfinished
+    # The ten were `dispatched` (idle entities) but never started: taken back, then run.
+    ids, undone = h.log.take("undispatch")
+    undone([1] * len(ids))
+    h.sent = []
+    h.core.shard_up(0, h.sent.append)
+    delivered = [x for x in h.sent if isinstance(x, ipc.Deliver)]
+    assert sorted(d.message_id for d in delivered) == sorted(ids)
+    h.core.on_shard_items(0, [ipc.Outcome(d.message_id, True, b"\xc0") for d in delivered])
+    finished, fin_done = h.log.take("finish")
+    fin_done([1] * len(finished))
+    assert _live_totals(h) == (0, {}, set())
+    replies = [r for i in range(30) for r in h.send(f"b{i}", wait=False)]
+    assert not [r for r in replies if not r.ok]  # nothing refused: all 30 admitted
+    assert h.core.queued_total == 30
+
+
+@in_loop
+def test_a_dead_shards_dispatched_but_never_started_message_runs_again(h: Harness) -> None:
+    replies = h.send()
+    (item,), done = h.log.take("enqueue")
+    done([1])  # idle entity: logged `dispatched` and delivered with the go-ahead
+    h.core.shard_down(0, read_to_the_end=True)  # no Started frame came: it never ran
+    assert "interrupt" not in h.log.kinds()
+    (mid,), undone = h.log.take("undispatch")
+    assert mid == item.message_id
+    undone([1])
+    h.sent = []
+    h.core.shard_up(0, h.sent.append)
+    (again,) = [x for x in h.sent if isinstance(x, ipc.Deliver)]
+    assert again.message_id == mid and not again.dispatched  # it asks for a new mark
+    assert replies == []  # its waiter still waits for the one real run
+
+
+@in_loop
+def test_a_started_message_is_interrupted_when_its_shard_dies(h: Harness) -> None:
+    replies = h.send()
+    (item,), done = h.log.take("enqueue")
+    done([1])
+    h.core.on_shard_items(0, [ipc.Started(item.message_id)])
+    h.core.shard_down(0, read_to_the_end=True)
+    assert "undispatch" not in h.log.kinds()
+    (entry,), _ = h.log.take("interrupt")
+    assert entry.message_id == item.message_id
+    assert replies and replies[0].error is not None and replies[0].error["code"] == "INTERRUPTED"
+
+
+@in_loop
+def test_without_the_shards_last_frames_every_dispatched_message_is_interrupted(
+    h: Harness,
+) -> None:
+    h.send()
+    (item,), done = h.log.take("enqueue")
+    done([1])
+    h.core.shard_down(0, read_to_the_end=False)  # its last frames may be lost: assume started
+    (entry,), _ = h.log.take("interrupt")
+    assert entry.message_id == item.message_id
+
+
+@in_loop
+def test_a_started_message_is_never_taken_back_even_if_its_dispatch_reply_was_lost(
+    h: Harness,
+) -> None:
+    """Bug: a worker task that died after a run asked for a new mark; the core found the
+    entry still `dispatched`, took it back and the message ran again (4 runs of one)."""
+    h.send()
+    (item,), done = h.log.take("enqueue")
+    done([1])
+    mid = item.message_id
+    h.core.on_shard_items(0, [ipc.Started(mid), ipc.Dispatch(mid)])
+    _, dispatched = h.log.take("dispatch")
+    dispatched(["dispatched"])  # the log: it is already dispatched
+    assert "undispatch" not in h.log.kinds()
+    (entry,), _ = h.log.take("interrupt")
+    assert entry.message_id == mid

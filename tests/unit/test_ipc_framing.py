@@ -1,0 +1,434 @@
+"""The supervisor <-> shard framing (aqnode.ipc.FrameChannel) over real socket pairs.
+
+Every test runs on the stock asyncio loop and on uvloop (the loop every aqnode process
+uses). The far end is either another FrameChannel, an asyncio stream written with raw
+bytes, or a bare socket (to leave data unread and so make the kernel reset the link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+import uvloop
+
+from aqnode import ipc
+from aqnode.ipc import MAX_FRAME_BYTES, FrameChannel, ProtocolError
+
+T = TypeVar("T")
+Run = Callable[[Callable[[], Awaitable[T]]], T]
+
+_HEADER = struct.Struct(">I")
+_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Iterator[Run[Any]]:
+    """Run a coroutine function to completion on a fresh loop of the parametrized kind."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(main: Callable[[], Awaitable[Any]]) -> Any:
+        async def bounded() -> Any:
+            return await asyncio.wait_for(main(), _TIMEOUT_S)
+
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(bounded())
+
+    yield runner
+
+
+def frame(body: bytes) -> bytes:
+    return _HEADER.pack(len(body)) + body
+
+
+class Streams:
+    """Both ends of a socket pair: a FrameChannel on ``a``, raw asyncio streams on ``b``."""
+
+    channel: FrameChannel[Any]
+    reader: asyncio.StreamReader
+    peer_reader: asyncio.StreamReader
+    peer_writer: asyncio.StreamWriter
+
+    @classmethod
+    async def open(cls, incoming: Any = ipc.ToSupervisor) -> Streams:
+        self = cls()
+        a, b = socket.socketpair()
+        self.reader, writer = await asyncio.open_unix_connection(sock=a)
+        self.channel = FrameChannel(self.reader, writer, incoming)
+        self.peer_reader, self.peer_writer = await asyncio.open_unix_connection(sock=b)
+        return self
+
+    async def peer_frame(self) -> list[Any]:
+        """One frame as the peer sees it, decoded as things sent to the shard."""
+        (length,) = _HEADER.unpack(await self.peer_reader.readexactly(_HEADER.size))
+        body = await self.peer_reader.readexactly(length)
+        return msgspec.msgpack.Decoder(list[ipc.ToShard]).decode(body)
+
+    async def close(self) -> None:
+        self.channel.close()
+        self.peer_writer.close()
+        for closing in (self.channel._writer, self.peer_writer):
+            with contextlib.suppress(ConnectionError):
+                await closing.wait_closed()
+
+
+async def channel_pair() -> tuple[FrameChannel[Any], FrameChannel[Any]]:
+    """(supervisor end, shard end) as the node wires them."""
+    a, b = socket.socketpair()
+    sup = FrameChannel(*(await asyncio.open_unix_connection(sock=a)), ipc.ToSupervisor)
+    shard = FrameChannel(*(await asyncio.open_unix_connection(sock=b)), ipc.ToShard)
+    return sup, shard
+
+
+async def close_all(*channels: FrameChannel[Any]) -> None:
+    for channel in channels:
+        channel.close()
+    for channel in channels:
+        with contextlib.suppress(ConnectionError):
+            await channel._writer.wait_closed()
+
+
+# ---- round trips ---------------------------------------------------------------------
+
+
+def test_several_item_kinds_make_the_round_trip_in_one_frame(run: Run[Any]) -> None:
+    error = {"code": "HANDLER_ERROR", "message": "boom", "remote_type": "ValueError"}
+    to_sup = [
+        ipc.Hello(ipc.PROTOCOL_VERSION, 3, 4242),
+        ipc.Ready(),
+        ipc.Dispatch("m-1"),
+        ipc.Outcome("m-1", True, b"\x81\xa1k\xa1v", None, 1.5, 0.25),
+        ipc.Outcome("m-2", False, error=error),
+        ipc.Retry("m-3", error),
+        ipc.WorkerGone("order:é:1"),
+        ipc.Submit(7, "order", "Pay", "o1", b"\x00\xff", True, 1000, "m-4", "cart:c1"),
+        ipc.Heartbeat(2, 5, 100),
+    ]
+    to_shard = [
+        ipc.Welcome(ipc.PROTOCOL_VERSION, 3, 4, b"cfg\x00"),
+        ipc.Deliver("m-1", "order", "Pay", "o1", b"\x90", 1700000000.5, 2, True),
+        ipc.DispatchResult("m-1", False, error, True),
+        ipc.RetryResult("m-3", True),
+        ipc.SubmitResult(7, True, "m-4", b"\xc0"),
+        ipc.Stop(250),
+    ]
+
+    async def main() -> tuple[Any, Any]:
+        sup, shard = await channel_pair()
+        for item in to_sup:
+            shard.send(item)
+        for item in to_shard:
+            sup.send(item)
+        got = (await sup.receive(), await shard.receive())
+        await close_all(sup, shard)
+        return got
+
+    at_sup, at_shard = run(main)
+    assert at_sup == to_sup
+    assert at_shard == to_shard
+
+
+def test_defaults_are_filled_in_on_the_receiving_side(run: Run[Any]) -> None:
+    async def main() -> Any:
+        sup, shard = await channel_pair()
+        shard.send(ipc.Outcome("m-1", True))
+        got = await sup.receive()
+        await close_all(sup, shard)
+        return got
+
+    assert run(main) == [ipc.Outcome("m-1", True, b"", None, 0.0, 0.0)]
+
+
+def test_many_sends_in_one_loop_tick_go_out_as_one_frame(run: Run[Any]) -> None:
+    items = [ipc.Stop(i) for i in range(50)]
+
+    async def main() -> tuple[list[Any], bytes]:
+        s = await Streams.open()
+        for item in items:
+            s.channel.send(item)
+        first = await s.peer_frame()
+        s.channel.close()
+        rest = await s.peer_reader.read()  # to EOF: nothing else was written
+        await s.close()
+        return first, rest
+
+    first, rest = run(main)
+    assert first == items
+    assert rest == b""
+
+
+def test_sends_in_different_ticks_go_out_as_separate_frames(run: Run[Any]) -> None:
+    async def main() -> list[list[Any]]:
+        s = await Streams.open()
+        s.channel.send(ipc.Stop(1))
+        s.channel.send(ipc.Stop(2))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        s.channel.send(ipc.Stop(3))
+        frames = [await s.peer_frame(), await s.peer_frame()]
+        await s.close()
+        return frames
+
+    assert run(main) == [[ipc.Stop(1), ipc.Stop(2)], [ipc.Stop(3)]]
+
+
+def test_the_header_is_the_big_endian_length_of_the_msgpack_body(run: Run[Any]) -> None:
+    async def main() -> bytes:
+        s = await Streams.open()
+        s.channel.send(ipc.Stop(5))
+        await s.channel.drain()
+        s.channel.close()
+        raw = await s.peer_reader.read()
+        await s.close()
+        return raw
+
+    raw = run(main)
+    body = msgspec.msgpack.encode([ipc.Stop(5)])
+    assert raw == struct.pack(">I", len(body)) + body
+    assert msgspec.msgpack.decode(body) == [["Stop", 5]]
+
+
+def test_close_flushes_items_queued_in_the_same_tick(run: Run[Any]) -> None:
+    async def main() -> tuple[Any, Any]:
+        sup, shard = await channel_pair()
+        shard.send(ipc.Heartbeat(1, 2, 3))
+        shard.close()
+        got = (await sup.receive(), await sup.receive())
+        await close_all(sup, shard)
+        return got
+
+    assert run(main) == ([ipc.Heartbeat(1, 2, 3)], None)
+
+
+# ---- closes ----------------------------------------------------------------------------
+
+
+def test_a_clean_close_between_frames_is_none(run: Run[Any]) -> None:
+    async def main() -> tuple[Any, Any]:
+        s = await Streams.open()
+        s.peer_writer.write(frame(msgspec.msgpack.encode([ipc.Ready()])))
+        s.peer_writer.close()
+        got = (await s.channel.receive(), await s.channel.receive())
+        await s.close()
+        return got
+
+    assert run(main) == ([ipc.Ready()], None)
+
+
+def test_a_close_before_any_frame_is_none(run: Run[Any]) -> None:
+    async def main() -> Any:
+        s = await Streams.open()
+        s.peer_writer.close()
+        got = await s.channel.receive()
+        await s.close()
+        return got
+
+    assert run(main) is None
+
+
+@pytest.mark.parametrize("partial", [b"\x00", b"\x00\x00\x00"])
+def test_a_peer_closing_in_the_middle_of_a_header_is_a_protocol_error(
+    run: Run[Any], partial: bytes
+) -> None:
+    async def main() -> None:
+        s = await Streams.open()
+        s.peer_writer.write(partial)
+        s.peer_writer.close()
+        try:
+            with pytest.raises(ProtocolError, match="header"):
+                await s.channel.receive()
+        finally:
+            await s.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("sent_of_body", [0, 1, 9])
+def test_a_peer_closing_in_the_middle_of_a_body_is_a_protocol_error(
+    run: Run[Any], sent_of_body: int
+) -> None:
+    body = msgspec.msgpack.encode([ipc.Dispatch("m-1")])
+    assert len(body) > 9
+
+    async def main() -> None:
+        s = await Streams.open()
+        s.peer_writer.write(frame(body)[: _HEADER.size + sent_of_body])
+        s.peer_writer.close()
+        try:
+            with pytest.raises(ProtocolError, match="in the middle of a frame"):
+                await s.channel.receive()
+        finally:
+            await s.close()
+
+    run(main)
+
+
+def test_a_frame_after_a_good_one_that_is_cut_short_is_a_protocol_error(
+    run: Run[Any],
+) -> None:
+    good = frame(msgspec.msgpack.encode([ipc.Ready()]))
+    cut = frame(msgspec.msgpack.encode([ipc.Dispatch("m-1")]))[:-1]
+
+    async def main() -> Any:
+        s = await Streams.open()
+        s.peer_writer.write(good + cut)
+        s.peer_writer.close()
+        first = await s.channel.receive()
+        try:
+            with pytest.raises(ProtocolError):
+                await s.channel.receive()
+        finally:
+            await s.close()
+        return first
+
+    assert run(main) == [ipc.Ready()]
+
+
+# ---- frame size ----------------------------------------------------------------------
+
+
+def test_a_header_over_max_frame_bytes_is_refused_without_reading_the_body(
+    run: Run[Any],
+) -> None:
+    async def main() -> bytes:
+        s = await Streams.open()
+        # The peer stays open and sends a few body bytes: had receive() tried to read a
+        # body of that size it would hang (and the runner's time-out would fail the test).
+        s.peer_writer.write(_HEADER.pack(MAX_FRAME_BYTES + 1) + b"rest")
+        await s.peer_writer.drain()
+        try:
+            with pytest.raises(ProtocolError, match="exceeds"):
+                await s.channel.receive()
+            return await s.reader.readexactly(4)  # still unread
+        finally:
+            await s.close()
+
+    assert run(main) == b"rest"
+
+
+def test_the_largest_header_4gib_is_refused_too(run: Run[Any]) -> None:
+    async def main() -> None:
+        s = await Streams.open()
+        s.peer_writer.write(b"\xff\xff\xff\xff")
+        try:
+            with pytest.raises(ProtocolError, match="exceeds"):
+                await s.channel.receive()
+        finally:
+            await s.close()
+
+    run(main)
+
+
+def test_a_header_of_exactly_max_frame_bytes_is_accepted_and_its_body_read(
+    run: Run[Any],
+) -> None:
+    async def main() -> None:
+        s = await Streams.open()
+        s.peer_writer.write(_HEADER.pack(MAX_FRAME_BYTES) + b"\x90")
+        s.peer_writer.close()
+        try:
+            # not "exceeds": the size passes, and the body is then found cut short
+            with pytest.raises(ProtocolError, match="in the middle of a frame"):
+                await s.channel.receive()
+        finally:
+            await s.close()
+
+    run(main)
+
+
+# ---- undecodable bodies ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"\xc1", id="reserved-msgpack-byte"),
+        pytest.param(b"", id="empty-body"),
+        pytest.param(b"\x93\x91\xa5Ready", id="array-shorter-than-announced"),
+        pytest.param(msgspec.msgpack.encode([ipc.Ready()]) + b"\x00", id="trailing-bytes"),
+        pytest.param(msgspec.msgpack.encode({"items": []}), id="a-map-not-an-array"),
+        pytest.param(msgspec.msgpack.encode([ipc.Welcome(1, 0, 1, b"")]), id="other-way-tag"),
+        pytest.param(msgspec.msgpack.encode([["Nope", 1]]), id="unknown-tag"),
+        pytest.param(msgspec.msgpack.encode([[1, 2]]), id="no-tag"),
+        pytest.param(msgspec.msgpack.encode([["Hello", 1]]), id="missing-field"),
+        pytest.param(msgspec.msgpack.encode([["Hello", "1", 0, 0]]), id="wrong-field-type"),
+    ],
+)
+def test_an_undecodable_body_is_a_protocol_error(run: Run[Any], body: bytes) -> None:
+    async def main() -> None:
+        s = await Streams.open(ipc.ToSupervisor)
+        s.peer_writer.write(frame(body))
+        await s.peer_writer.drain()
+        try:
+            with pytest.raises(ProtocolError, match="undecodable frame"):
+                await s.channel.receive()
+        finally:
+            await s.close()
+
+    run(main)
+
+
+# ---- resets --------------------------------------------------------------------------
+
+
+async def _reset_pair() -> tuple[FrameChannel[Any], asyncio.StreamReader, socket.socket]:
+    """A channel whose bare peer socket holds unread data, so that closing the peer makes
+    the kernel report ECONNRESET (not EOF) on the channel's side."""
+    a, b = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=a)
+    channel = FrameChannel(reader, writer, ipc.ToSupervisor)
+    channel.send(ipc.Stop(1))
+    await channel.drain()
+    return channel, reader, b
+
+
+def test_a_reset_between_frames_is_none_as_documented_in_receive(run: Run[Any]) -> None:
+    async def main() -> Any:
+        channel, reader, peer = await _reset_pair()
+        peer.sendall(frame(msgspec.msgpack.encode([ipc.Ready()])))
+        peer.close()
+        got = (await channel.receive(), await channel.receive(), reader.exception())
+        await close_all(channel)
+        return got
+
+    first, second, cause = run(main)
+    assert (first, second) == ([ipc.Ready()], None)
+    assert isinstance(cause, ConnectionResetError)  # a reset indeed, not an EOF
+
+
+def test_a_reset_in_the_middle_of_a_body_is_a_protocol_error(run: Run[Any]) -> None:
+    body = msgspec.msgpack.encode([ipc.Dispatch("m-1")])
+
+    async def main() -> BaseException | None:
+        channel, reader, peer = await _reset_pair()
+        peer.sendall(frame(body)[:-3])
+        peer.close()
+        try:
+            with pytest.raises(ProtocolError, match="in the middle of a frame"):
+                await channel.receive()
+            return reader.exception()
+        finally:
+            await close_all(channel)
+
+    assert isinstance(run(main), ConnectionResetError)  # a reset indeed, not an EOF
+
+
+def test_sending_after_close_is_dropped_quietly(run: Run[Any]) -> None:
+    async def main() -> bool:
+        s = await Streams.open()
+        s.channel.close()
+        s.channel.send(ipc.Stop(1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        closed = s.channel.closed
+        assert await s.peer_reader.read() == b""
+        await s.close()
+        return closed
+
+    assert run(main) is True
