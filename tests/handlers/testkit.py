@@ -257,4 +257,5 @@ class BlockLoop(Command[None]):
 
 @handles(BlockLoop)
 async def block_loop(msg: BlockLoop, ctx: Context) -> None:
+    await store().set(f"t:blocking:{msg.name}", ctx.message_id)  # tests wait for this
     time.sleep(msg.seconds)
