@@ -20,8 +20,11 @@ import grpc
 from aqnode import errors
 from aqnode.api import Message
 from aqnode.bus import Bus, EntityBus, Envelope, SendResult
+from aqnode.client.status import Member, NodeStatus, ShardStatus, status_from_pb
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
+
+__all__ = ["Client", "Member", "NodeStatus", "ShardStatus", "SyncClient", "SyncEntityClient"]
 
 T = TypeVar("T")
 NO_TIMEOUT_WAIT_S = 3600.0  #: seconds; a wait with no timeout relies on the node's default
@@ -96,15 +99,18 @@ class Client(Bus):
             self._channel = None
             self._stub = None
 
-    async def status(self, timeout: float = 5.0) -> pb.StatusReply:
-        """The node's ``Status``: its shards, role, master and epoch."""
+    async def status(self, timeout: float = 5.0) -> NodeStatus:
+        """The node's :class:`NodeStatus`: its shards, role, master, epoch and members.
+
+        ``timeout`` is in seconds; an unreachable node raises ``AqError`` ``UNAVAILABLE``.
+        """
         try:
             reply: pb.StatusReply = await self._ensure_channel().Status(
                 pb.StatusRequest(), timeout=timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc, self.address) from None
-        return reply
+        return status_from_pb(reply)
 
     # ---- the stream -------------------------------------------------------------------
 
@@ -354,7 +360,8 @@ class SyncClient:
     def for_entity(self, entity_type: str, entity_id: str) -> SyncEntityClient:
         return SyncEntityClient(self, self._client.for_entity(entity_type, entity_id))
 
-    def status(self, timeout: float = 5.0) -> pb.StatusReply:
+    def status(self, timeout: float = 5.0) -> NodeStatus:
+        """The node's :class:`NodeStatus` (see :meth:`Client.status`)."""
         return self._run(self._client.status(timeout))
 
 

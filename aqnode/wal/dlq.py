@@ -150,12 +150,19 @@ def _letter(node: str, raw: dict[bytes, bytes]) -> DeadLetter:
     )
 
 
+#: seconds per unit of a duration
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_FORMS = "30s, 5m, 2h or 7d (units: s, m, h, d, w)"
 
 
 def parse_duration(text: str) -> float:
-    """``"90s"``, ``"15m"``, ``"2h"``, ``"7d"``, ``"1w"`` (or plain seconds) -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    """``"90s"``, ``"15m"``, ``"2h"``, ``"7d"``, ``"1w"`` -> seconds.
+
+    The unit is required: a bare ``5`` once meant five seconds to ``dlq purge``, which is
+    rarely what a person typing it means, and a purge cannot be undone.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if not match:
-        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 2h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        hint = " has no unit" if re.fullmatch(r"\s*[\d.]+\s*", text) else " is not a duration"
+        raise ValueError(f"{text!r}{hint}; give a number and a unit, like {DURATION_FORMS}")
+    return float(match.group(1)) * _UNITS[match.group(2)]

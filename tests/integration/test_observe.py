@@ -76,12 +76,12 @@ def test_status_shows_shards_and_what_they_did(tmp_path: Path, redis_url: str) -
             )
             assert shown.returncode == 0, shown.stderr
             data = json.loads(shown.stdout)
-            assert data["serverId"] == "test-node" and data["role"] == "standalone"
+            assert data["server_id"] == "test-node" and data["role"] == "standalone"
             assert len(data["shards"]) == 2
-            assert all(s["alive"] and int(s["pid"]) > 0 for s in data["shards"])
-            assert all(int(s["rssBytes"]) > 0 for s in data["shards"])
-            assert all("handledPerS" in s for s in data["shards"])
-            return sum(int(s["handled"]) for s in data["shards"])
+            assert all(s["alive"] and s["pid"] > 0 for s in data["shards"])
+            assert all(s["rss_bytes"] > 0 for s in data["shards"])
+            assert all("handled_per_s" in s for s in data["shards"])
+            return sum(s["handled"] for s in data["shards"])
 
         assert wait_for(lambda: handled() >= 31, message="status never showed the work")
         human = subprocess.run(base, capture_output=True, text=True, env=node_env(None), timeout=30)
