@@ -52,7 +52,29 @@ def envelope_of(msg: Message, message_id: str | None = None) -> Envelope:
         raise TypeError(f"{cls.__qualname__} has no @entity_type; decorate it to send it")
     id_field = id_field_of(cls)
     entity_id = str(getattr(msg, id_field)) if id_field else ""
-    return Envelope(etype, cls.__name__, entity_id, _encoder.encode(msg), MSGPACK, message_id or "")
+    _check_text("entity_id", entity_id)
+    _check_text("message_id", message_id or "")
+    return Envelope(etype, cls.__name__, entity_id, _encoded(msg), MSGPACK, message_id or "")
+
+
+def _encoded(data: Any) -> bytes:
+    """msgpack of ``data``; what cannot be encoded is INVALID_PAYLOAD, like at the node."""
+    try:
+        return _encoder.encode(data)
+    except RecursionError:
+        problem = "it is nested too deeply to encode"
+    except (OverflowError, TypeError, ValueError, UnicodeEncodeError) as exc:
+        problem = f"it cannot be encoded ({type(exc).__name__}: {exc})"
+    raise errors.ValidationFailed(f"the payload was not sent: {problem}")
+
+
+def _check_text(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise errors.ValidationFailed(
+            f"{name} is not valid UTF-8 text ({exc.reason} at position {exc.start})", field=name
+        ) from None
 
 
 def raw_envelope(
@@ -66,7 +88,15 @@ def raw_envelope(
     if isinstance(data, bytes | bytearray):
         payload, ctype = bytes(data), content_type or JSON
     else:
-        payload, ctype = _encoder.encode(data), MSGPACK
+        payload, ctype = _encoded(data), MSGPACK
+    for name, value in (
+        ("entity_type", entity_type),
+        ("message", message),
+        ("entity_id", str(entity_id)),
+        ("message_id", message_id or ""),
+        ("content_type", ctype),
+    ):
+        _check_text(name, value)
     return Envelope(entity_type, message, str(entity_id), payload, ctype, message_id or "")
 
 

@@ -95,14 +95,15 @@ class Catalogue:
         if messages is None:
             known = ", ".join(sorted(self.entity_types)) or "none"
             raise errors.ValidationFailed(
-                f"this node handles no entity type {entity_type!r} (it handles: {known})",
+                f"this node handles no entity type {_short(entity_type)} (it handles: {known})",
                 code=errors.UNKNOWN_ENTITY_TYPE,
             )
         spec = messages.get(message)
         if spec is None:
             known = ", ".join(sorted(messages))
             raise errors.ValidationFailed(
-                f"entity type {entity_type!r} has no message {message!r} (it has: {known})",
+                f"entity type {_short(entity_type)} has no message {_short(message)} "
+                f"(it has: {known})",
                 code=errors.UNKNOWN_MESSAGE,
             )
         return spec
@@ -118,7 +119,7 @@ class Catalogue:
         spec = self.lookup(entity_type, message)
         if content_type not in CONTENT_TYPES:
             raise errors.ValidationFailed(
-                f"content type {content_type!r} is not one of {', '.join(CONTENT_TYPES)}"
+                f"content type {_short(content_type)} is not one of {', '.join(CONTENT_TYPES)}"
             )
         try:
             msg = spec.decode(payload, content_type)
@@ -138,8 +139,8 @@ class Catalogue:
         found = spec.entity_id_of(msg)
         if entity_id and found != entity_id:
             raise errors.ValidationFailed(
-                f"{entity_type}.{message}: field `{spec.id_field}` is {found!r} but the message "
-                f"is addressed to entity id {entity_id!r}; make them agree",
+                f"{entity_type}.{message}: field `{spec.id_field}` is {_short(found)} but the "
+                f"message is addressed to entity id {_short(entity_id)}; make them agree",
                 field=spec.id_field,
             )
         if not found:
@@ -148,6 +149,12 @@ class Catalogue:
                 field=spec.id_field,
             )
         return spec, found, canonical
+
+
+def _short(text: str, limit: int = 100) -> str:
+    """``repr(text)``, cut: an error echoes what a client sent, never all of it."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
 
 
 def _field_of(msgspec_error: str) -> str:

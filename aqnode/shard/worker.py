@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -231,6 +231,8 @@ class WorkerPool:
             reply = await self._call(spec, msg, item)
             encoded = self._encode_reply(spec, reply)
         except BaseException as exc:  # the handler's failure is the message's outcome
+            if isinstance(exc, _Escaped):
+                exc = exc.original
             task = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                 raise  # the worker itself is being stopped, not a handler failure
@@ -270,7 +272,9 @@ class WorkerPool:
             )
             args = (msg, ctx)
         if spec.is_async:
-            return await func(*args)
+            # Its own task: a handler that cancels "itself" cancels only that task, and
+            # its cancellation can never be mistaken for (or leak into) the worker's.
+            return await asyncio.get_running_loop().create_task(_contained(func(*args)))
         # A plain def runs in a thread so that it does not stall other entities.
         return await asyncio.get_running_loop().run_in_executor(None, func, *args)
 
@@ -315,6 +319,23 @@ class ReplyTypeError(TypeError):
 
 class ReplyTooLarge(ValueError):
     """A handler's reply is over max_reply_bytes."""
+
+
+class _Escaped(Exception):
+    """Carries a handler's SystemExit/KeyboardInterrupt/GeneratorExit out of its task:
+    asyncio re-raises the first two out of the event loop (ending the shard for one
+    message), and a task does not hand the third on to its awaiter."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+async def _contained(handler: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return await handler
+    except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
+        raise _Escaped(exc) from None
 
 
 async def _nothing_to_confirm() -> None:

@@ -235,8 +235,13 @@ def _stream_error(exc: BaseException) -> dict[str, Any]:
     ).to_dict()
 
 
+#: characters of each text field of an error that go into gRPC metadata; gRPC refuses
+#: more than 16 KiB of metadata in all, and a refused error would lose its code
+METADATA_TEXT_LIMITS = {"message": 2000, "remote_message": 2000, "remote_traceback": 8000}
+
+
 async def _abort(context: Any, error: dict[str, Any] | None) -> None:
-    error = error or {"code": errors.INTERNAL, "message": "unknown failure"}
+    error = _bounded(error or {"code": errors.INTERNAL, "message": "unknown failure"})
     code = str(error.get("code", errors.INTERNAL))
     await context.abort(
         STATUS_FOR_CODE.get(code, grpc.StatusCode.INTERNAL),
@@ -246,3 +251,16 @@ async def _abort(context: Any, error: dict[str, Any] | None) -> None:
             (ERROR_METADATA, json.dumps(error).encode()),
         ),
     )
+
+
+def _bounded(error: dict[str, Any]) -> dict[str, Any]:
+    """The error with long texts cut (saying so), small enough for gRPC metadata."""
+    bounded = dict(error)
+    for key, limit in METADATA_TEXT_LIMITS.items():
+        text = bounded.get(key)
+        if isinstance(text, str) and len(text) > limit:
+            bounded[key] = text[:limit] + f"... [{len(text) - limit} more characters cut]"
+    for key, value in list(bounded.items()):
+        if key not in METADATA_TEXT_LIMITS and isinstance(value, str) and len(value) > 500:
+            bounded[key] = value[:500] + "..."
+    return bounded

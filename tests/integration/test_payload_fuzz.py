@@ -473,7 +473,7 @@ class Tally:
     ) -> None:
         """``got``: "ok", a code, or a description of something that is neither."""
         self.checked += 1
-        if got == "ok":
+        if got in ("ok", "HANDLER_ERROR"):  # written, then run (and maybe failed)
             self.accepted.add(mid)
         if got not in case.allowed:
             detail = ""
