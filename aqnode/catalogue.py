@@ -1,8 +1,9 @@
-"""The checked set of entity types, messages and handlers a node serves.
+"""The checked set of entity types, messages and handlers a node serves (shard side).
 
-Built once per process (supervisor and shards alike) after the handler modules are
-imported. The supervisor uses it to validate payloads before anything is written; the
-shards use it to decode and run messages.
+Built in each shard after the handler modules are imported; the shards use it to decode
+and run messages, and send :meth:`Catalogue.describe` to the supervisor, which validates
+payloads with types rebuilt from that (:mod:`aqnode.supervisor.validation`) and never
+imports a handler module.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from aqnode.api import (
     REGISTRY,
     HandlerRecord,
     Message,
+    Query,
     Registry,
     entity_type_of,
     id_field_of,
     reply_type_of,
 )
+from aqnode.config import NodeConfig
+from aqnode.wiretypes import MessageEntry, describe
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -95,89 +99,87 @@ class Catalogue:
         if messages is None:
             known = ", ".join(sorted(self.entity_types)) or "none"
             raise errors.ValidationFailed(
-                f"this node handles no entity type {_short(entity_type)} (it handles: {known})",
+                f"this node handles no entity type {short_repr(entity_type)} (it handles: {known})",
                 code=errors.UNKNOWN_ENTITY_TYPE,
             )
         spec = messages.get(message)
         if spec is None:
             known = ", ".join(sorted(messages))
             raise errors.ValidationFailed(
-                f"entity type {_short(entity_type)} has no message {_short(message)} "
+                f"entity type {short_repr(entity_type)} has no message {short_repr(message)} "
                 f"(it has: {known})",
                 code=errors.UNKNOWN_MESSAGE,
             )
         return spec
 
-    def validate(
-        self, entity_type: str, message: str, entity_id: str, payload: bytes, content_type: str
-    ) -> tuple[MessageSpec, str, bytes]:
-        """Check a message as sent; return its spec, its entity id and canonical msgpack.
-
-        Raises :class:`~aqnode.errors.ValidationFailed` with ``UNKNOWN_ENTITY_TYPE``,
-        ``UNKNOWN_MESSAGE`` or ``INVALID_PAYLOAD`` (naming the field).
-        """
-        spec = self.lookup(entity_type, message)
-        if content_type not in CONTENT_TYPES:
-            raise errors.ValidationFailed(
-                f"content type {_short(content_type)} is not one of {', '.join(CONTENT_TYPES)}"
+    def describe(self) -> list[MessageEntry]:
+        """Every message as plain data, for the supervisor (which imports no user code)."""
+        return [
+            MessageEntry(
+                spec.entity_type,
+                spec.name,
+                "query" if issubclass(spec.cls, Query) else "command",
+                spec.id_field,
+                describe(spec.cls),
+                describe(spec.reply_type),
             )
-        try:
-            msg = spec.decode(payload, content_type)
-            canonical = payload if content_type == MSGPACK else msgspec.msgpack.encode(msg)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise errors.ValidationFailed(
-                f"{entity_type}.{message}: {exc}", field=_field_of(str(exc))
-            ) from None
-        except RecursionError:
-            raise errors.ValidationFailed(
-                f"{entity_type}.{message}: the payload is nested too deeply to decode"
-            ) from None
-        except Exception as exc:  # anything else a decoder or encoder raises: still bad input
-            raise errors.ValidationFailed(
-                f"{entity_type}.{message}: the payload cannot be used ({type(exc).__name__}: {exc})"
-            ) from None
-        found = spec.entity_id_of(msg)
-        if entity_id and found != entity_id:
-            raise errors.ValidationFailed(
-                f"{entity_type}.{message}: field `{spec.id_field}` is {_short(found)} but the "
-                f"message is addressed to entity id {_short(entity_id)}; make them agree",
-                field=spec.id_field,
-            )
-        if not found:
-            raise errors.ValidationFailed(
-                f"{entity_type}.{message}: the entity id field `{spec.id_field}` is empty",
-                field=spec.id_field,
-            )
-        return spec, found, canonical
+            for messages in self.entity_types.values()
+            for spec in messages.values()
+        ]
 
 
-def _short(text: str, limit: int = 100) -> str:
+def check_config_against(catalogue: Catalogue, config: NodeConfig) -> None:
+    """The config and the handlers must agree: no [entities.X] for an unknown type."""
+    unknown = sorted(set(config.entities) - set(catalogue.entity_types))
+    if unknown:
+        known = ", ".join(sorted(catalogue.entity_types)) or "none"
+        raise errors.StartupError(
+            f"the config has [entities.{unknown[0]}] but no handler module defines entity "
+            f"type {unknown[0]!r} (defined: {known}); fix the name or the handlers list"
+        )
+    if not catalogue.entity_types:
+        raise errors.StartupError(
+            "no handlers: the config's handlers list names no module with @handles functions"
+        )
+
+
+def short_repr(text: str, limit: int = 100) -> str:
     """``repr(text)``, cut: an error echoes what a client sent, never all of it."""
     shown = repr(text)
     return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
 
 
-def _field_of(msgspec_error: str) -> str:
-    """``"Expected `int`, got `str` - at `$.amount`"`` -> ``"amount"``."""
-    if "- at `$." in msgspec_error:
-        return msgspec_error.rsplit("- at `$.", 1)[1].rstrip("`")
-    if "missing required field `" in msgspec_error:
-        return msgspec_error.split("missing required field `", 1)[1].split("`", 1)[0]
-    return ""
-
-
 def import_handler_modules(modules: Iterable[str]) -> None:
-    """Import the configured handler modules; an import failure carries its traceback."""
+    """Import the configured handler modules. A module that is not there is one line; a
+    module that raises carries its traceback (the user's code, without importlib's)."""
     for name in modules:
         try:
             importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+                raise errors.StartupError(
+                    f"handler module {name!r} was not found: it must be importable from the "
+                    "directory `aqnode serve` runs in, PYTHONPATH or the environment's packages"
+                ) from None
+            raise errors.StartupError(_import_failure(name, exc)) from None
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            detail = "".join(traceback.format_exception(exc))
-            raise errors.StartupError(
-                f"handler module {name!r} failed to import:\n{detail}"
-            ) from exc
+            raise errors.StartupError(_import_failure(name, exc)) from None
+
+
+def _import_failure(name: str, exc: BaseException) -> str:
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<frozen importlib")
+    ]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    trace = "".join(traceback.format_list(frames))
+    return (
+        f"handler module {name!r} failed to import: {type(exc).__name__}: {exc}{where}\n"
+        f"Traceback (most recent call last):\n{trace}"
+    ).rstrip()
 
 
 def build_catalogue(

@@ -589,3 +589,15 @@ def _wire_shape(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _wire_shape(v) for k, v in value.items()}
     return value
+
+
+class MessageEntry(_Desc, frozen=True):
+    """One message a node handles, as the shards tell the supervisor (and, later, the
+    registry): names, kind, the entity id field, and the payload and reply types."""
+
+    entity_type: str
+    name: str
+    kind: str  # "command" | "query"
+    id_field: str
+    payload: TypeDesc
+    reply: TypeDesc

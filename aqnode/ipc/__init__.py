@@ -21,6 +21,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from aqnode.wiretypes import MessageEntry
+
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 256 * 1024 * 1024  #: bytes; a larger length means a corrupt stream
 _LENGTH = struct.Struct(">I")
@@ -40,7 +42,10 @@ class Hello(_Item):
 
 
 class Ready(_Item):
-    """The handler modules are imported; the shard takes messages."""
+    """The handler modules are imported; the shard takes messages. ``catalogue``: every
+    message it handles, as data, so that the supervisor validates without user code."""
+
+    catalogue: list[MessageEntry] = []
 
 
 class Started(_Item):
@@ -50,6 +55,13 @@ class Started(_Item):
     restarted shard instead of being dead-lettered."""
 
     message_id: str
+
+
+class BootFailed(_Item):
+    """The shard cannot serve (its handler modules, or the config against them): sent
+    before it exits with EXIT_IMPORT_ERROR, so the node stops with one clear line."""
+
+    reason: str
 
 
 class Dispatch(_Item):
@@ -155,7 +167,16 @@ class Stop(_Item):
 
 
 ToSupervisor = (
-    Hello | Ready | Started | Dispatch | Outcome | Retry | WorkerGone | Submit | Heartbeat
+    Hello
+    | Ready
+    | BootFailed
+    | Started
+    | Dispatch
+    | Outcome
+    | Retry
+    | WorkerGone
+    | Submit
+    | Heartbeat
 )
 ToShard = Welcome | Deliver | DispatchResult | RetryResult | SubmitResult | Stop
 

@@ -20,7 +20,12 @@ import sys
 import traceback
 
 from aqnode import errors, ipc
-from aqnode.catalogue import build_catalogue, import_handler_modules
+from aqnode.catalogue import (
+    Catalogue,
+    build_catalogue,
+    check_config_against,
+    import_handler_modules,
+)
 from aqnode.config import NodeConfig, decode_config
 from aqnode.shard.bus import ShardBus
 from aqnode.shard.worker import WorkerPool
@@ -37,6 +42,7 @@ class Shard:
         self.channel = channel
         self.bus = ShardBus(channel)
         self.pool: WorkerPool | None = None
+        self.catalogue = Catalogue(())
         self.stopping: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     async def boot(self) -> NodeConfig:
@@ -53,12 +59,14 @@ class Shard:
 
     def start_pool(self, config: NodeConfig) -> None:
         catalogue = build_catalogue({n: e.default_entity_id for n, e in config.entities.items()})
+        check_config_against(catalogue, config)
+        self.catalogue = catalogue
         self.pool = WorkerPool(config, catalogue, self.channel.send, self.bus, self.channel.confirm)
 
     async def serve(self, heartbeat_s: float) -> int:
         assert self.pool is not None
         pool = self.pool
-        self.channel.send(ipc.Ready())
+        self.channel.send(ipc.Ready(self.catalogue.describe()))
         loop = asyncio.get_running_loop()
         tasks = [
             loop.create_task(self._read(pool)),
@@ -126,6 +134,8 @@ async def _main(fd: int, index: int) -> int:
         shard.start_pool(config)
     except errors.StartupError as exc:
         print(f"aqnode shard {index}: {exc}", file=sys.stderr, flush=True)
+        shard.channel.send(ipc.BootFailed(str(exc).split("\n", 1)[0]))
+        await shard.channel.drain()
         return procutil.EXIT_IMPORT_ERROR
     loop = asyncio.get_running_loop()
     # SIGTERM/SIGINT reach shards from a terminal's process group too; the supervisor

@@ -21,7 +21,6 @@ import msgspec
 
 from aqnode import errors, ipc
 from aqnode.bus import Envelope, SendResult
-from aqnode.catalogue import Catalogue
 from aqnode.config import NodeConfig
 from aqnode.supervisor.lifecycle import LOG_RETRY_S, ShardLifecycle
 from aqnode.supervisor.live import (
@@ -35,8 +34,10 @@ from aqnode.supervisor.live import (
     reply_in_callers_type,
 )
 from aqnode.supervisor.metrics import NodeMetrics
+from aqnode.supervisor.validation import Validator
 from aqnode.util.ring import HashRing, entity_key
 from aqnode.wal import EnqueueEntry, FinishEntry, RetryEntry, WriteAheadLog
+from aqnode.wiretypes import MessageEntry
 
 log = logging.getLogger("aqnode.core")
 
@@ -44,9 +45,9 @@ __all__ = ["Call", "NodeCore"]
 
 
 class NodeCore(ShardLifecycle):
-    def __init__(self, config: NodeConfig, catalogue: Catalogue, wal: WriteAheadLog, shards: int):
+    def __init__(self, config: NodeConfig, validator: Validator, wal: WriteAheadLog, shards: int):
         self.config = config
-        self.catalogue = catalogue
+        self.validator = validator
         self.wal = wal
         self.ring = HashRing(shards)
         self.ports = [ShardPort() for _ in range(shards)]
@@ -71,6 +72,10 @@ class NodeCore(ShardLifecycle):
         self._default_reply_timeout = config.entity("").reply_timeout_ms
         self.metrics = NodeMetrics()
         wal.on_commit = lambda kind, n: self.metrics.commit_batch.observe((kind,), n)
+
+    def learn(self, catalogue: list[MessageEntry]) -> None:
+        """What the node handles, as the first ready shard described it (no user code)."""
+        self.validator = Validator(catalogue)
 
     # ---- sends -----------------------------------------------------------------------
 
@@ -111,7 +116,7 @@ class NodeCore(ShardLifecycle):
     def _reject(self, call: Call, exc: errors.AqError) -> None:
         etype = call.envelope.entity_type
         # A label per unknown name would let any client grow the metrics without bound.
-        label = etype if etype in self.catalogue.entity_types else "(unknown)"
+        label = etype if etype in self.validator.entity_types else "(unknown)"
         self.metrics.rejected.inc((label, exc.code))
         call.reply(failure("", exc))
 
@@ -144,7 +149,7 @@ class NodeCore(ShardLifecycle):
             )
         env = call.envelope
         self._check_sizes(env)
-        spec, entity_id, payload = self.catalogue.validate(
+        spec, entity_id, payload = self.validator.validate(
             env.entity_type, env.message, env.entity_id, env.payload, env.content_type
         )
         if len(entity_id.encode("utf-8", "surrogatepass")) > self.config.max_id_bytes:

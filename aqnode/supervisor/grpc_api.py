@@ -235,9 +235,10 @@ def _stream_error(exc: BaseException) -> dict[str, Any]:
     ).to_dict()
 
 
-#: characters of each text field of an error that go into gRPC metadata; gRPC refuses
-#: more than 16 KiB of metadata in all, and a refused error would lose its code
-METADATA_TEXT_LIMITS = {"message": 2000, "remote_message": 2000, "remote_traceback": 8000}
+#: characters of each text field of an error that go into gRPC metadata: gRPC may refuse
+#: more than 8 KiB of metadata (base64 makes binary values a third larger), and a refused
+#: error would lose its code. The full texts still go to the log and the dead letter.
+METADATA_TEXT_LIMITS = {"message": 500, "remote_message": 500, "remote_traceback": 2500}
 
 
 async def _abort(context: Any, error: dict[str, Any] | None) -> None:
@@ -261,6 +262,6 @@ def _bounded(error: dict[str, Any]) -> dict[str, Any]:
         if isinstance(text, str) and len(text) > limit:
             bounded[key] = text[:limit] + f"... [{len(text) - limit} more characters cut]"
     for key, value in list(bounded.items()):
-        if key not in METADATA_TEXT_LIMITS and isinstance(value, str) and len(value) > 500:
-            bounded[key] = value[:500] + "..."
+        if key not in METADATA_TEXT_LIMITS and isinstance(value, str) and len(value) > 200:
+            bounded[key] = value[:200] + "..."
     return bounded

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -26,15 +27,16 @@ import grpc
 import psutil
 
 from aqnode import __version__, errors, ipc
-from aqnode.catalogue import Catalogue, build_catalogue, import_handler_modules
 from aqnode.config import NodeConfig, encode_config
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
 from aqnode.supervisor.managed_redis import ManagedRedis
 from aqnode.supervisor.metrics import serve_metrics
-from aqnode.supervisor.shards import ShardLink
+from aqnode.supervisor.shards import ShardBootFailed, ShardLink
+from aqnode.supervisor.validation import Validator
 from aqnode.util import proc as procutil
 from aqnode.util.backoff import doubling
+from aqnode.util.hostport import parse_host_port
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 from aqnode.wal import LogKeys, WriteAheadLog
@@ -76,6 +78,7 @@ class Supervisor:
         self._events: asyncio.Queue[str] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._served = False  # gRPC was up: a halt now is EXIT_HALTED, not EXIT_CANNOT_START
         self._managed: ManagedRedis | None = None
         self._redis: Any = None  # redis.asyncio.Redis, typed loosely: only wal/ imports redis
         self._server: grpc.aio.Server | None = None
@@ -85,7 +88,8 @@ class Supervisor:
     # ---- start ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        catalogue = self._load_handlers()
+        # Before anything starts; gRPC would also log lines of its own on a taken port.
+        _check_port_free(self.config.listen)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.server_id = self.config.server_id or _persistent_server_id(self.data_dir)
         await self._connect_redis()
@@ -98,7 +102,7 @@ class Supervisor:
         )
         await wal.start()
         await wal.register_node()
-        self.core = NodeCore(self.config, catalogue, wal, self.shard_count)
+        self.core = NodeCore(self.config, Validator(), wal, self.shard_count)
         requeued, interrupted = await self.core.recover(await wal.live_entries())
         if requeued or interrupted:
             log.info(
@@ -120,6 +124,7 @@ class Supervisor:
             if self.fatal is None:
                 await self._start_metrics()
                 await self._start_grpc()
+                self._served = True
                 log.info(
                     "aqnode %s ready: %s listening on %s, %d shards, redis %s",
                     __version__,
@@ -136,25 +141,9 @@ class Supervisor:
             await self._shutdown()
         if self.fatal is not None:
             print(f"aqnode: {self.fatal}", file=sys.stderr, flush=True)
-            return 1
-        return 0
-
-    def _load_handlers(self) -> Catalogue:
-        import_handler_modules(self.config.handlers)
-        defaults = {name: cfg.default_entity_id for name, cfg in self.config.entities.items()}
-        catalogue = build_catalogue(defaults)
-        unknown = sorted(set(self.config.entities) - set(catalogue.entity_types))
-        if unknown:
-            known = ", ".join(sorted(catalogue.entity_types)) or "none"
-            raise errors.StartupError(
-                f"the config has [entities.{unknown[0]}] but no handler module defines entity "
-                f"type {unknown[0]!r} (defined: {known}); fix the name or the handlers list"
-            )
-        if not catalogue.entity_types:
-            raise errors.StartupError(
-                "no handlers: the config's handlers list names no module with @handles functions"
-            )
-        return catalogue
+            return procutil.EXIT_HALTED if self._served else procutil.EXIT_CANNOT_START
+        log.info("stopped")
+        return procutil.EXIT_OK
 
     async def _connect_redis(self) -> None:
         if not self.config.wal.enabled:
@@ -165,7 +154,10 @@ class Supervisor:
         url = self.config.redis.url
         if url is None:
             self._managed = ManagedRedis(self.data_dir)
-            url = await self._managed.start()
+            try:
+                url = await self._managed.start()
+            except (RuntimeError, OSError) as exc:
+                raise errors.StartupError(f"the node's own Redis did not start: {exc}") from None
         self.redis_url = url
         redis_cfg = self.config.redis
         try:
@@ -319,6 +311,11 @@ class Supervisor:
         slot.link = link
         try:
             await link.start()
+        except ShardBootFailed as exc:
+            code = await link.wait() if link.process is not None else None
+            slot.link = None
+            self._halt(f"shard {slot.index} cannot serve: {exc}")
+            return
         except (ConnectionError, TimeoutError, OSError, ipc.ProtocolError) as exc:
             link.kill()
             code = await link.wait() if link.process is not None else None
@@ -327,6 +324,8 @@ class Supervisor:
             self._start_failed(slot, reason, code)
             return
         slot.failed_starts = 0
+        if not core.validator.entries:
+            core.learn(link.catalogue)  # the first shard ready tells what the node handles
         core.shard_up(slot.index, link.send)
         asyncio.get_running_loop().create_task(self._watch(slot, link))
 
@@ -491,6 +490,20 @@ class Supervisor:
         )
 
 
+def _check_port_free(listen: str) -> None:
+    host, port = parse_host_port(listen, allow_zero=True)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise errors.StartupError(
+                f"cannot listen on {listen}: {exc.strerror or exc}; is another node (or "
+                "program) using that port? Change `listen` in the config"
+            ) from None
+
+
 def _persistent_server_id(data_dir: Path) -> str:
     """A node id generated once and kept in data_dir, so a restart finds its own log."""
     path = data_dir / "server_id"
@@ -513,4 +526,4 @@ def serve(config: NodeConfig) -> int:
         return procutil.run(supervisor.run())
     except errors.StartupError as exc:
         print(f"aqnode: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return procutil.EXIT_CANNOT_START

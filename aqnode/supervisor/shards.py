@@ -20,6 +20,7 @@ import psutil
 
 from aqnode import ipc
 from aqnode.util.child import Child
+from aqnode.wiretypes import MessageEntry
 
 log = logging.getLogger("aqnode.supervisor")
 
@@ -27,6 +28,10 @@ HELLO_TIMEOUT_S = 15.0  #: seconds a fresh shard interpreter may take to say Hel
 READY_TIMEOUT_S = 60.0  #: seconds a shard may take to import its handler modules
 RATE_SMOOTHING = 0.5  #: weight of the newest heartbeat in the handled-per-second average
 READ_AFTER_EXIT_S = 1.0  #: seconds to finish reading a dead shard's last frames
+
+
+class ShardBootFailed(Exception):
+    """The shard said why it cannot serve (its handler modules, say) and exits."""
 
 
 class ShardLink:
@@ -44,6 +49,7 @@ class ShardLink:
         self.process: Child | None = None
         self.channel: ipc.FrameChannel[ipc.ToSupervisor] | None = None
         self.ready = False
+        self.catalogue: list[MessageEntry] = []  #: what the shard handles (from Ready)
         self.exited = False  # the process is gone; its last frames are still being read
         #: every frame the shard wrote was read (a clean close, or a frame cut short by its
         #: death): only then does a missing ``Started`` prove a message never started
@@ -116,8 +122,12 @@ class ShardLink:
                 raise TimeoutError(f"shard {self.index} not ready in {READY_TIMEOUT_S}s") from None
             if frame is None:
                 raise ConnectionError(f"shard {self.index} exited before it was ready")
-            if any(isinstance(item, ipc.Ready) for item in frame):
-                return
+            for item in frame:
+                if isinstance(item, ipc.BootFailed):
+                    raise ShardBootFailed(item.reason)
+                if isinstance(item, ipc.Ready):
+                    self.catalogue = item.catalogue
+                    return
 
     async def _read(self, channel: ipc.FrameChannel[ipc.ToSupervisor]) -> None:
         while True:

@@ -12,6 +12,11 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: Exit codes of ``aqnode serve`` (README, "Exit codes").
+EXIT_OK = 0  #: stopped by SIGTERM/SIGINT after draining
+EXIT_HALTED = 1  #: it was serving and stopped itself (a shard could not be restarted)
+EXIT_CANNOT_START = 2  #: config, handlers, port, data_dir or Redis: nothing was served
+
 #: Exit codes that tell the supervisor not to restart a shard (gunicorn's idea).
 EXIT_BOOT_ERROR = 3  #: the shard could not start (bad handshake, bad config)
 EXIT_IMPORT_ERROR = 4  #: the handler modules failed to import in the shard

@@ -21,6 +21,7 @@ from aqnode.catalogue import build_catalogue, import_handler_modules
 from aqnode.config import parse_config
 from aqnode.errors import RedisUnavailable
 from aqnode.supervisor.core import Call, NodeCore
+from aqnode.supervisor.validation import Validator
 
 Done = Callable[[Any], None]
 
@@ -70,7 +71,8 @@ class Harness:
         import_handler_modules(cfg.handlers)
         catalogue = build_catalogue({})
         self.log = ScriptedLog()
-        self.core = NodeCore(cfg, catalogue, self.log, 1)  # type: ignore[arg-type]
+        validator = Validator(catalogue.describe())
+        self.core = NodeCore(cfg, validator, self.log, 1)  # type: ignore[arg-type]
         self.sent: list[Any] = []
         self.core.shard_up(0, self.sent.append)
 
