@@ -455,9 +455,17 @@ class NodeCore(ShardLifecycle):
         def done(result: list[Any] | errors.AqError) -> None:
             outcomes = [result] * len(retries) if isinstance(result, errors.AqError) else result
             stale = port.generation != generation
-            for (msg, _), outcome in zip(retries, outcomes, strict=True):
+            for (msg, retry), outcome in zip(retries, outcomes, strict=True):
                 if outcome in (1, "enqueued"):
                     msg.state, msg.attempt, msg.started = "enqueued", msg.attempt + 1, False
+                    log.info(
+                        "%s %s of %s failed (%s); attempt %d follows",
+                        msg.message,
+                        msg.message_id,
+                        msg.key,
+                        str(retry.error.get("message", ""))[:200],
+                        msg.attempt,
+                    )
                     answer = ipc.RetryResult(msg.message_id, True)
                 elif isinstance(outcome, errors.AqError):  # still `dispatched`: ask again
                     msg.state = "dispatched"
@@ -513,6 +521,7 @@ class NodeCore(ShardLifecycle):
             (m.completed if outcome.ok else m.failed).inc(labels)
             if not outcome.ok:
                 m.dead_lettered.inc((msg.entity_type, "exhausted"))
+                _log_failure(msg, outcome.error or {})
             if outcome.started_at:
                 m.queue_wait.observe(labels, max(outcome.started_at - msg.enqueued_at, 0.0))
                 m.handler_time.observe(labels, outcome.duration_s)
@@ -554,3 +563,19 @@ class NodeCore(ShardLifecycle):
                 waiter.timer.cancel()
             waiter.reply(result_for(waiter))
         msg.waiters.clear()
+
+
+def _log_failure(msg: LiveMessage, error: dict[str, Any]) -> None:
+    """A handler failure that ends a message (no attempt left) is dead-lettered: say so in
+    the node's log; its traceback at debug level (``verbose = true``)."""
+    log.warning(
+        "%s %s of %s failed after %d attempt(s) and was dead-lettered (exhausted): %s",
+        msg.message,
+        msg.message_id,
+        msg.key,
+        msg.attempt,
+        str(error.get("message", "no error given"))[:500],
+    )
+    trace = error.get("remote_traceback")
+    if trace:
+        log.debug("%s %s traceback:\n%s", msg.message, msg.message_id, trace)

@@ -148,10 +148,27 @@ class ShardLifecycle:
                 again.append(msg)
             elif outcome == "enqueued":
                 msg.attempt += 1
+                log.warning(
+                    "%s %s of %s was interrupted by a crash of shard %d; on_interrupt = "
+                    '"retry": it runs again (attempt %d)',
+                    msg.message,
+                    msg.message_id,
+                    msg.key,
+                    msg.shard,
+                    msg.attempt,
+                )
                 self._requeued(msg)
             else:
                 if outcome == "interrupted":
                     self.metrics.dead_lettered.inc((msg.entity_type, "interrupted"))
+                    log.warning(
+                        "%s %s of %s was interrupted by a crash of shard %d and "
+                        "dead-lettered (interrupted); it is not run again",
+                        msg.message,
+                        msg.message_id,
+                        msg.key,
+                        msg.shard,
+                    )
                 else:
                     log.error("interrupting %s: it was %s in the log", msg.message_id, outcome)
                 self._drop(

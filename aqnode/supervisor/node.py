@@ -78,6 +78,7 @@ class Supervisor:
         self._events: asyncio.Queue[str] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._stopping = False
+        self.dead_letters = 0  #: waiting in the dead-letter queue, as of the last cleanup
         self._served = False  # gRPC was up: a halt now is EXIT_HALTED, not EXIT_CANNOT_START
         self._managed: ManagedRedis | None = None
         self._redis: Any = None  # redis.asyncio.Redis, typed loosely: only wal/ imports redis
@@ -231,6 +232,12 @@ class Supervisor:
             "Messages enqueued or dispatched, not finished.",
             (),
             lambda: [((), float(len(core.live)))],
+        )
+        metrics.add_gauge(
+            "aqnode_dead_letters",
+            "Dead letters waiting in this node's queue (refreshed every cleanup interval).",
+            (),
+            lambda: [((), float(self.dead_letters))],
         )
         metrics.add_gauge(
             "aqnode_redis_up",
@@ -426,6 +433,7 @@ class Supervisor:
             try:
                 while await wal.cleanup(time.time() - window) > 0:
                     pass
+                self.dead_letters = await wal.dead_letter_count()
             except errors.RedisUnavailable as exc:
                 log.warning("log cleanup failed (%s); will try again", exc)
 

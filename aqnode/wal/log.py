@@ -136,6 +136,12 @@ class WriteAheadLog:
             raw = await self.redis.hgetall(self.keys.entry(message_id))
         return _decode_fields(raw)
 
+    async def dead_letter_count(self) -> int:
+        """How many dead letters wait in this node's queue."""
+        with translated():
+            count: int = await self.redis.zcard(self.keys.dlq)
+        return count
+
     async def states(self, message_ids: Sequence[str]) -> list[str | None]:
         """The current state of each message (None: not in the log)."""
         with translated():

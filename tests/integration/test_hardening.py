@@ -8,16 +8,18 @@ import asyncio
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
+import pytest
 import redis
 
 from aqnode.client import Client
-from aqnode.errors import AqError
+from aqnode.errors import AqError, HandlerError
 from aqnode.wal.dlq import DeadLetterQueue
-from tests.handlers.testkit import BlockLoop, Incr
+from tests.handlers.testkit import BlockLoop, Fail, Incr
 from tests.node_fixture import running_node
-from tests.redis_fixture import RedisServer, async_wait_for, wait_for
+from tests.redis_fixture import RedisServer, async_wait_for, free_port, wait_for
 
 
 def test_a_stalled_shard_interrupts_only_the_message_that_started(
@@ -133,3 +135,28 @@ def _accepts(node: object) -> bool:
         return True
     except AqError:
         return False
+
+
+def test_dead_letters_show_in_the_log_and_as_a_metric(tmp_path: Path, redis_url: str) -> None:
+    """Bug: handler errors and dead letters never appeared in the node's log, and no
+    metric counted the dead letters waiting."""
+    port = free_port()
+    with running_node(
+        tmp_path,
+        redis_url,
+        metrics_listen=f"127.0.0.1:{port}",
+        wal={"cleanup_interval_ms": 100},
+    ) as node:
+        with node.client() as bus, pytest.raises(HandlerError):
+            bus.enqueue_and_wait(Fail(name="dl", text="broken on purpose"))
+        wait_for(lambda: "dead-lettered (exhausted)" in node.log(), timeout=10, message=node.log())
+        assert "broken on purpose" in node.log()
+        wait_for(
+            lambda: "aqnode_dead_letters 1" in _get(f"http://127.0.0.1:{port}/metrics"),
+            timeout=10,
+        )
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
