@@ -98,10 +98,11 @@ def enqueue(
 
     Prints the message id once the message is durable, or with --wait the handler's
     reply as JSON. A failure prints `aqnode: CODE: message` on stderr and exits 1.
+    The entity id field may be left out of --data: it is taken from ENTITY_ID.
 
     \b
     Example:
-      aqnode enqueue account Deposit a-1 --data '{"account_id": "a-1", "amount": 5}'
+      aqnode enqueue account Deposit a-1 --data '{"amount": 5}'
     """
     try:
         json.loads(data)

@@ -60,8 +60,9 @@ class Client(Bus):
             self._channel = grpc.aio.insecure_channel(
                 self.address,
                 options=[
-                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    # Replies may be as large as the node's max_reply_bytes allows.
+                    ("grpc.max_receive_message_length", -1),
+                    ("grpc.max_send_message_length", MAX_CALL_BYTES + FRAME_SLACK_BYTES),
                 ],
             )
             self._stub = pb_grpc.AqNodeStub(self._channel)  # type: ignore[no-untyped-call]
@@ -117,6 +118,8 @@ class Client(Bus):
     async def _send(
         self, envelopes: list[Envelope], *, wait: bool, timeout: float | None
     ) -> list[SendResult]:
+        for env in envelopes:
+            _check_size(env)
         if self._stream is None:
             await self.connect()
         loop = asyncio.get_running_loop()
@@ -170,8 +173,7 @@ class Client(Bus):
                 await self._outbox_ready.wait()
                 self._outbox_ready.clear()
                 while self._outbox:
-                    batch, self._outbox = self._outbox, []
-                    await stream.write(pb.ClientFrame(calls=batch))
+                    await stream.write(pb.ClientFrame(calls=_take_frame(self._outbox)))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
@@ -219,6 +221,35 @@ class Client(Bus):
                 future.set_result(SendResult("", False, error=error.to_dict()))
 
 
+#: bytes of payload one call may carry; the node's own max_payload_bytes (4 MiB by
+#: default) is usually lower and refuses with PAYLOAD_TOO_LARGE itself
+MAX_CALL_BYTES = 64 * 1024 * 1024
+FRAME_BYTES = 8 * 1024 * 1024  #: payload bytes gathered into one ClientFrame
+FRAME_SLACK_BYTES = 1024 * 1024  #: room for ids, names and framing around a payload
+
+
+def _check_size(env: Envelope) -> None:
+    if len(env.payload) > MAX_CALL_BYTES:
+        raise errors.PayloadTooLarge(
+            f"the payload is {len(env.payload)} bytes, over the {MAX_CALL_BYTES} bytes one call "
+            "can carry (the node's max_payload_bytes is likely lower still); nothing was sent"
+        )
+
+
+def _take_frame(outbox: list[pb.Call]) -> list[pb.Call]:
+    """Calls off the front of ``outbox`` for one frame: up to FRAME_BYTES of payload (at
+    least one call), so that no frame exceeds what gRPC will send."""
+    size, count = 0, 0
+    for call in outbox:
+        size += len(call.envelope.payload)
+        if count and size > FRAME_BYTES:
+            break
+        count += 1
+    batch = outbox[:count]
+    del outbox[:count]
+    return batch
+
+
 def _result_from_pb(outcome: pb.Outcome) -> SendResult:
     if outcome.ok:
         return SendResult(
@@ -250,6 +281,10 @@ def rpc_error(exc: grpc.aio.AioRpcError, address: str) -> errors.AqError:
         if key == "aq-error-bin":
             raw = value if isinstance(value, bytes) else str(value).encode()
             return errors.AqError.from_dict(json.loads(raw))
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return errors.PayloadTooLarge(
+            f"{address} refused the call as too large ({exc.details()}); send less"
+        )
     if exc.code() in _TRANSPORT_FAILURES:
         return errors.AqError(
             f"cannot reach an aqnode at {address} ({exc.details()}); "

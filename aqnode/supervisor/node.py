@@ -447,7 +447,13 @@ class Supervisor:
             # reaches its shard, which runs it while draining, not after.
             await self.core.wal.flush()
         links = [s.link for s in self.slots if s.link is not None]
-        await asyncio.gather(*(link.stop(self.config.drain_timeout_ms) for link in links))
+        # A second SIGINT/SIGTERM while draining: stop now (what runs is interrupted and
+        # dead-lettered at the next start: fail if interrupted).
+        impatient = asyncio.get_running_loop().create_task(self._kill_on_second_signal(links))
+        try:
+            await asyncio.gather(*(link.stop(self.config.drain_timeout_ms) for link in links))
+        finally:
+            impatient.cancel()
         if self.core is not None:
             await self.core.wal.close()
             self.core.abandon_waiters()
@@ -459,6 +465,19 @@ class Supervisor:
             await self._redis.aclose()
         if self._managed is not None:
             await self._managed.stop()
+
+    async def _kill_on_second_signal(self, links: list[ShardLink]) -> None:
+        while True:
+            event = await self._events.get()
+            if event in ("SIGTERM", "SIGINT"):
+                break
+        log.warning(
+            "%s again: stopping now; running handlers are interrupted (their messages are "
+            "dead-lettered when the node starts again)",
+            event,
+        )
+        for link in links:
+            link.kill()
 
     # ---- status -----------------------------------------------------------------------
 

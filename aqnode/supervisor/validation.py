@@ -85,13 +85,16 @@ class Validator:
             )
         where = f"{entity_type}.{message}"
         try:
-            if content_type == MSGPACK:
-                msg = spec.msgpack_decoder.decode(payload)
-                canonical = payload
-            else:
-                msg = spec.json_decoder.decode(payload)
-                canonical = to_msgpack(msg)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            msg, canonical = _decode(spec, payload, content_type)
+        except msgspec.ValidationError as exc:
+            if not entity_id or f"missing required field `{spec.id_field}`" not in str(exc):
+                raise errors.ValidationFailed(
+                    f"{where}: {exc}", field=_field_of(str(exc))
+                ) from None
+            # The address names the entity: a payload without its id field takes it from
+            # there (`aqnode enqueue account Deposit a-1 --data '{"amount": 5}'`).
+            msg, canonical = self._with_id(spec, payload, content_type, entity_id, where)
+        except msgspec.DecodeError as exc:
             raise errors.ValidationFailed(f"{where}: {exc}", field=_field_of(str(exc))) from None
         except RecursionError:
             raise errors.ValidationFailed(
@@ -113,6 +116,31 @@ class Validator:
                 f"{where}: the entity id field `{spec.id_field}` is empty", field=spec.id_field
             )
         return spec, found, canonical
+
+    def _with_id(
+        self, spec: WireSpec, payload: bytes, content_type: str, entity_id: str, where: str
+    ) -> tuple[Any, bytes]:
+        try:
+            codec = msgspec.msgpack if content_type == MSGPACK else msgspec.json
+            fields = codec.decode(payload)
+            if not isinstance(fields, dict):
+                raise msgspec.ValidationError("Expected `object`")
+            fields[spec.id_field] = entity_id
+            return _decode(spec, codec.encode(fields), content_type)
+        except msgspec.ValidationError as exc:
+            raise errors.ValidationFailed(f"{where}: {exc}", field=_field_of(str(exc))) from None
+        except Exception as exc:  # RecursionError, OverflowError, ...: still bad input
+            raise errors.ValidationFailed(
+                f"{where}: the payload cannot be used ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def _decode(spec: WireSpec, payload: bytes, content_type: str) -> tuple[Any, bytes]:
+    """The payload decoded with the rebuilt type, and as canonical msgpack."""
+    if content_type == MSGPACK:
+        return spec.msgpack_decoder.decode(payload), payload
+    msg = spec.json_decoder.decode(payload)
+    return msg, to_msgpack(msg)
 
 
 def _entity_id(msg: Any, id_field: str) -> str:

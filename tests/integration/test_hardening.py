@@ -5,8 +5,11 @@ node, and a frozen Redis answers calls in flight as soon as the node gives it up
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,8 +20,8 @@ import redis
 from aqnode.client import Client
 from aqnode.errors import AqError, HandlerError
 from aqnode.wal.dlq import DeadLetterQueue
-from tests.handlers.testkit import BlockLoop, Fail, Incr
-from tests.node_fixture import running_node
+from tests.handlers.testkit import BlockLoop, Fail, Incr, Sleep
+from tests.node_fixture import node_env, running_node
 from tests.redis_fixture import RedisServer, async_wait_for, free_port, wait_for
 
 
@@ -160,3 +163,52 @@ def test_dead_letters_show_in_the_log_and_as_a_metric(tmp_path: Path, redis_url:
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
+
+
+def test_a_second_signal_during_a_drain_stops_the_node_at_once(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Bug: a second Ctrl-C during a drain was silently ignored."""
+    with running_node(tmp_path, redis_url, drain_timeout_ms=120000) as node:
+        with node.client() as bus:
+            bus.enqueue(Sleep(name="long", ms=600000))
+        wait_for(lambda: node.status().live_messages == 1, timeout=10)
+        node.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in node.log(), timeout=10)
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(30) == 0
+        assert "SIGTERM again: stopping now" in node.log()
+        assert node.log().rstrip().endswith("stopped"), node.log()[-500:]
+
+
+def test_the_entity_id_field_may_come_from_the_address(tmp_path: Path, redis_url: str) -> None:
+    """Bug: the CLI needed the entity id twice, as an argument and inside --data."""
+    with running_node(tmp_path, redis_url) as node:
+        env = node_env(redis_url)
+        base = [sys.executable, "-m", "aqnode", "enqueue", "--address", node.address]
+        sent = subprocess.run(
+            [*base, "counter", "Incr", "from-address", "--wait"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert json.loads(sent.stdout)["value"] == 1
+        clash = subprocess.run(
+            [*base, "counter", "Incr", "a", "--data", '{"name": "b"}'],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert clash.returncode == 1 and "INVALID_PAYLOAD" in clash.stderr, clash.stderr
+
+
+def test_a_payload_too_large_for_one_call_is_refused_with_its_code() -> None:
+    """Bug: a 100 MB send was reported as "is `aqnode serve` running there?"."""
+    from aqnode.client import SyncClient
+
+    with SyncClient(f"127.0.0.1:{free_port()}") as bus, pytest.raises(AqError) as caught:
+        bus.enqueue_raw("counter", "Incr", "big", b"x" * (100 * 1024 * 1024))
+    assert caught.value.code == "PAYLOAD_TOO_LARGE", caught.value
