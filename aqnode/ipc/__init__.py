@@ -223,7 +223,15 @@ class FrameChannel(Generic[T]):
             self._write(items)
         if self._confirming:
             waiting, self._confirming = self._confirming, []
-            self._loop.create_task(self._confirm(waiting))
+            if (
+                not self._writer.is_closing()
+                and self._writer.transport.get_write_buffer_size() == 0
+            ):
+                for future in waiting:  # the usual case: the write went straight to the kernel
+                    if not future.done():
+                        future.set_result(None)
+            else:
+                self._loop.create_task(self._confirm(waiting))
 
     def _write(self, items: list[Any]) -> None:
         buf = bytearray(_LENGTH.size)
