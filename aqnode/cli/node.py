@@ -30,8 +30,9 @@ def serve(config: str | None) -> None:
 
     SIGTERM (or Ctrl-C) drains: running handlers finish, queued messages stay in the log
     for the next start. Without [redis] url in the config, the node also runs its own
-    redis-server under data_dir. Exit codes: 0 after a clean drain, 2 for a bad config
-    or handler modules, 1 when shards keep crashing.
+    redis-server under data_dir. A second SIGTERM/Ctrl-C stops at once. Exit codes: 0
+    after a drain, 2 when it cannot start (config, handler modules, port, data_dir,
+    Redis), 1 when it stopped itself after serving.
     """
     from aqnode.config import ConfigError, load_config
     from aqnode.supervisor.node import serve as run_node
@@ -43,11 +44,8 @@ def serve(config: str | None) -> None:
         click.echo(f"aqnode: {exc}", err=True)
         sys.exit(2)
     # Handler modules are named relative to where the user runs the node (like uvicorn).
+    # Only the shards import them (fresh interpreters): they find them through PYTHONPATH.
     here = (str(Path(path).resolve().parent), os.getcwd())
-    for entry in here:
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    # The shards are fresh interpreters: they find the same modules through PYTHONPATH.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (*reversed(here), os.environ.get("PYTHONPATH", "")) if p
     )
