@@ -28,6 +28,7 @@ from aqnode.supervisor.live import (
     Call,
     LiveMessage,
     ShardPort,
+    State,
     Waiter,
     converted,
     failure,
@@ -267,7 +268,7 @@ class NodeCore(ShardLifecycle):
                 self._duplicate(a, str(outcome))
                 continue
             self.metrics.enqueued.inc((a.entity_type,))
-            msg = a.live_message(now, "dispatched" if a.dispatch else "enqueued")
+            msg = a.live_message(now, State.DISPATCHED if a.dispatch else State.ENQUEUED)
             self.live[a.message_id] = msg
             port = self.ports[a.shard]
             if a.dispatch and port.generation != a.generation:
@@ -360,16 +361,16 @@ class NodeCore(ShardLifecycle):
                 dispatches.append(item.message_id)
                 msg = self.live.get(item.message_id)
                 if msg is not None:
-                    msg.state = "dispatching"
+                    msg.state = State.DISPATCHING
             elif isinstance(item, ipc.Retry):
                 msg = self.live.get(item.message_id)
                 if msg is not None:
-                    msg.state = "retrying"
+                    msg.state = State.RETRYING
                     retries.append((msg, item))
             elif isinstance(item, ipc.Outcome):
                 msg = self.live.get(item.message_id)
                 if msg is not None:
-                    msg.state = "finishing"  # it ran: a crash from now on interrupts nothing
+                    msg.state = State.FINISHING  # it ran: a crash from now on interrupts nothing
                     finishes.append((msg, item))
             elif isinstance(item, ipc.Submit):
                 submits.append(self._shard_call(port, item))
@@ -417,19 +418,19 @@ class NodeCore(ShardLifecycle):
             answer: ipc.DispatchResult
             if outcome == 1:
                 if msg is not None:
-                    msg.state = "dispatched"
+                    msg.state = State.DISPATCHED
                     if stale:  # the go-ahead never reached a live shard
                         never_started.append(msg)
                 answer = ipc.DispatchResult(mid, True)
             elif isinstance(outcome, errors.AqError):  # not known to have applied: ask again
-                if msg is not None and msg.state == "dispatching":
-                    msg.state = "enqueued"
+                if msg is not None and msg.state == State.DISPATCHING:
+                    msg.state = State.ENQUEUED
                 answer = ipc.DispatchResult(mid, False, outcome.to_dict(), again=True)
             elif outcome == "dispatched" and msg is not None:
                 # An earlier dispatch of it landed although its reply was lost; the shard
                 # was told to wait, so it never started: take the mark back, ask again.
-                if msg.state not in ("undispatching", "interrupting"):
-                    msg.state = "dispatched"
+                if msg.state not in (State.UNDISPATCHING, State.INTERRUPTING):
+                    msg.state = State.DISPATCHED
                     never_started.append(msg)
                 answer = ipc.DispatchResult(mid, False, None, again=True)
             else:
@@ -457,7 +458,7 @@ class NodeCore(ShardLifecycle):
             stale = port.generation != generation
             for (msg, retry), outcome in zip(retries, outcomes, strict=True):
                 if outcome in (1, "enqueued"):
-                    msg.state, msg.attempt, msg.started = "enqueued", msg.attempt + 1, False
+                    msg.state, msg.attempt, msg.started = State.ENQUEUED, msg.attempt + 1, False
                     log.info(
                         "%s %s of %s failed (%s); attempt %d follows",
                         msg.message,
@@ -468,7 +469,7 @@ class NodeCore(ShardLifecycle):
                     )
                     answer = ipc.RetryResult(msg.message_id, True)
                 elif isinstance(outcome, errors.AqError):  # still `dispatched`: ask again
-                    msg.state = "dispatched"
+                    msg.state = State.DISPATCHED
                     answer = ipc.RetryResult(msg.message_id, False, outcome.to_dict(), again=True)
                 else:
                     problem = errors.AqError(
@@ -483,7 +484,7 @@ class NodeCore(ShardLifecycle):
             if stale:
                 # The shard died waiting: what is still `dispatched` ran, so it is
                 # interrupted; what is `enqueued` again goes to the restarted shard.
-                self._interrupt([m for m, _ in retries if m.state == "dispatched"])
+                self._interrupt([m for m, _ in retries if m.state == State.DISPATCHED])
                 self._try_open(self.ports.index(port))
 
         self.wal.retry(entries, done)
@@ -537,7 +538,7 @@ class NodeCore(ShardLifecycle):
         for msg in list(self.live.values()):
             if not msg.waiters:
                 continue
-            if msg.state in ("dispatched", "interrupting"):
+            if msg.state in (State.DISPATCHED, State.INTERRUPTING):
                 error: errors.AqError = errors.Interrupted(
                     f"the node stopped while message {msg.message_id} may have been running; "
                     "it will be dead-lettered, not run again"

@@ -20,7 +20,7 @@ import msgspec
 from aqnode import errors
 from aqnode.bus import SendResult
 from aqnode.config import NodeConfig
-from aqnode.supervisor.live import IN_FLIGHT, Admitted, LiveMessage, ShardPort, failure
+from aqnode.supervisor.live import IN_FLIGHT, Admitted, LiveMessage, ShardPort, State, failure
 from aqnode.supervisor.metrics import NodeMetrics
 from aqnode.util.ring import HashRing, entity_key
 from aqnode.wal import InterruptEntry, WriteAheadLog
@@ -79,7 +79,7 @@ class ShardLifecycle:
             return
         port.open = True
         for msg in mine:
-            if msg.state == "enqueued":
+            if msg.state == State.ENQUEUED:
                 self._deliver(msg)
 
     def shard_down(self, shard: int, *, read_to_the_end: bool) -> None:
@@ -105,7 +105,7 @@ class ShardLifecycle:
             # Still counted in depth and queued_total (they are unfinished); only the
             # worker is gone, so the entity counts as new for max_total_workers.
             self.new_entities.add(msg.key)
-            if msg.state == "dispatched":
+            if msg.state == State.DISPATCHED:
                 (cut_off if msg.started or not read_to_the_end else never_started).append(msg)
         self._interrupt(cut_off)
         self._undispatch(never_started)
@@ -118,8 +118,8 @@ class ShardLifecycle:
             return
         entries = []
         for msg in messages:
-            first = msg.state != "interrupting"
-            msg.state = "interrupting"
+            first = msg.state != State.INTERRUPTING
+            msg.state = State.INTERRUPTING
             error = errors.Interrupted(
                 f"shard {msg.shard} died while message {msg.message_id} may have been running; "
                 "the system does not run it again (strictly once, fail if interrupted)"
@@ -188,7 +188,7 @@ class ShardLifecycle:
     def _requeued(self, msg: LiveMessage) -> None:
         """``msg`` is `enqueued` again: hand it over now if its shard is open and lacks it
         (else the shard still has it at the head of its queue, or `_try_open` will)."""
-        msg.state = "enqueued"
+        msg.state = State.ENQUEUED
         msg.started = False
         port = self.ports[msg.shard]
         if msg.held and port.open and port.send is not None:
@@ -206,7 +206,7 @@ class ShardLifecycle:
         if not messages:
             return
         for msg in messages:
-            msg.state = "undispatching"
+            msg.state = State.UNDISPATCHING
         ids = [m.message_id for m in messages]
         self.wal.undispatch(ids, lambda result: self._undispatched(messages, result))
 
@@ -254,13 +254,13 @@ class ShardLifecycle:
             return 0
         adopted, never_started = 0, []
         for a, state in zip(pending, states, strict=True):
-            if state not in ("enqueued", "dispatched") or a.message_id in self.live:
+            if state not in (State.ENQUEUED, State.DISPATCHED) or a.message_id in self.live:
                 continue
-            msg = a.live_message(time.time(), state)
+            msg = a.live_message(time.time(), State(state))
             self.live[msg.message_id] = msg
             self._track(a.key)
             adopted += 1
-            if state == "dispatched":  # the fast path wrote it so; nobody ever ran it
+            if msg.state == State.DISPATCHED:  # the fast path wrote it so; nobody ever ran it
                 never_started.append(msg)
             else:
                 port = self.ports[a.shard]
@@ -276,31 +276,35 @@ class ShardLifecycle:
         order; `dispatched` ones are interrupted. Returns (requeued, interrupted)."""
         interrupted: list[LiveMessage] = []
         for fields in entries:
-            key = entity_key(fields["entity_type"], fields["entity_id"])
-            msg = LiveMessage(
-                fields["id"],
-                fields["entity_type"],
-                fields["message"],
-                fields["entity_id"],
-                key,
-                fields["payload"],
-                float(fields.get("enqueued_at", 0.0)),
-                self.ring.shard_for(key),
-                state=fields["state"],
-                attempt=int(fields.get("attempts", 0)) + 1,
-            )
-            if msg.state == "dispatched":
-                msg.attempt -= 1  # the interrupted run was that attempt
-                interrupted.append(msg)
-            elif msg.state != "enqueued":
+            if fields["state"] not in (State.ENQUEUED, State.DISPATCHED):
                 continue
+            msg = self._recovered(fields, State(fields["state"]))
+            if msg.state == State.DISPATCHED:
+                interrupted.append(msg)
             self.live[msg.message_id] = msg
-            self._track(key)
+            self._track(msg.key)
         if interrupted:
             self._interrupt(interrupted)
             await self._settled()
-        requeued = sum(1 for m in self.live.values() if m.state == "enqueued")
+        requeued = sum(1 for m in self.live.values() if m.state == State.ENQUEUED)
         return requeued, len(interrupted)
+
+    def _recovered(self, fields: dict[str, Any], state: State) -> LiveMessage:
+        key = entity_key(fields["entity_type"], fields["entity_id"])
+        attempts = int(fields.get("attempts", 0))
+        return LiveMessage(
+            fields["id"],
+            fields["entity_type"],
+            fields["message"],
+            fields["entity_id"],
+            key,
+            fields["payload"],
+            float(fields.get("enqueued_at", 0.0)),
+            self.ring.shard_for(key),
+            state=state,
+            # a `dispatched` entry's interrupted run was its last counted attempt
+            attempt=attempts if state == State.DISPATCHED else attempts + 1,
+        )
 
     async def _settled(self) -> None:
         """Wait until no message is in flight to the log (recovery's interrupts landed)."""

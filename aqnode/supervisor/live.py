@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +15,27 @@ from aqnode.bus import Envelope, SendResult
 from aqnode.catalogue import JSON
 
 Reply = Callable[[SendResult], None]
-#: Message states the supervisor tracks: enqueued, dispatched, finishing (its outcome is
-#: on its way to the log) and the ones in IN_FLIGHT, whose next state the log has not
-#: confirmed yet: a restarted shard gets its queue only once none of them is left.
-IN_FLIGHT = frozenset({"dispatching", "retrying", "interrupting", "undispatching"})
+
+
+class State(enum.StrEnum):
+    """Where the supervisor sees a live message. The values are the words that appear in
+    replies and the node's log, so they stay as they are."""
+
+    ENQUEUED = "enqueued"
+    DISPATCHED = "dispatched"
+    FINISHING = "finishing"  # it ran; its outcome is on its way to the log
+    # In flight: asked of the log, whose answer has not come back yet.
+    DISPATCHING = "dispatching"
+    RETRYING = "retrying"
+    INTERRUPTING = "interrupting"
+    UNDISPATCHING = "undispatching"
+
+
+#: States whose next state the log has not confirmed yet: a restarted shard gets its
+#: queue only once none of its messages is in one of them.
+IN_FLIGHT: frozenset[State] = frozenset(
+    {State.DISPATCHING, State.RETRYING, State.INTERRUPTING, State.UNDISPATCHING}
+)
 
 
 @dataclass(slots=True)
@@ -48,7 +66,7 @@ class LiveMessage:
     payload: bytes
     enqueued_at: float
     shard: int
-    state: str = "enqueued"  # see IN_FLIGHT
+    state: State = State.ENQUEUED
     held: bool = True  # the shard does not have it (never delivered, or its shard died)
     #: the shard said Started for the current `dispatched` mark: the handler may have run,
     #: so the message is finished or interrupted, never taken back or delivered again
@@ -65,7 +83,7 @@ class LiveMessage:
             self.payload,
             self.enqueued_at,
             self.attempt,
-            self.state == "dispatched",
+            self.state == State.DISPATCHED,
         )
 
 
@@ -81,7 +99,7 @@ class Admitted:
     generation: int  # of the shard's port when admitted
     dispatch: bool  # the entity was idle: logged straight as `dispatched`
 
-    def live_message(self, enqueued_at: float, state: str) -> LiveMessage:
+    def live_message(self, enqueued_at: float, state: State) -> LiveMessage:
         return LiveMessage(
             self.message_id,
             self.entity_type,

@@ -21,6 +21,7 @@ from aqnode.catalogue import build_catalogue, import_handler_modules
 from aqnode.config import parse_config
 from aqnode.errors import RedisUnavailable
 from aqnode.supervisor.core import Call, NodeCore
+from aqnode.supervisor.live import IN_FLIGHT, State
 from aqnode.supervisor.validation import Validator
 
 Done = Callable[[Any], None]
@@ -306,3 +307,9 @@ def test_a_started_message_is_never_taken_back_even_if_its_dispatch_reply_was_lo
     assert "undispatch" not in h.log.kinds()
     (entry,), _ = h.log.take("interrupt")
     assert entry.message_id == mid
+
+
+def test_message_states_read_as_the_words_replies_and_the_nodes_log_show() -> None:
+    assert f"{State.DISPATCHED}" == "dispatched" and str(State.FINISHING) == "finishing"
+    in_flight = {"dispatching", "retrying", "interrupting", "undispatching"}
+    assert {str(s) for s in IN_FLIGHT} == in_flight
