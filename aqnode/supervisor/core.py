@@ -37,7 +37,17 @@ from aqnode.supervisor.live import (
 from aqnode.supervisor.metrics import NodeMetrics
 from aqnode.supervisor.validation import Validator
 from aqnode.util.ring import HashRing, entity_key
-from aqnode.wal import EnqueueEntry, FinishEntry, RetryEntry, WriteAheadLog
+from aqnode.wal import (
+    Applied,
+    EnqueueEntry,
+    Failed,
+    FinishEntry,
+    LogState,
+    Outcome,
+    Refused,
+    RetryEntry,
+    WriteAheadLog,
+)
 from aqnode.wiretypes import MessageEntry
 
 log = logging.getLogger("aqnode.core")
@@ -241,45 +251,52 @@ class NodeCore(ShardLifecycle):
         self.workers[msg.key] = msg.shard
         self.new_entities.discard(msg.key)
 
-    def _logged(
-        self, admitted: list[Admitted], now: float, result: list[Any] | errors.AqError
-    ) -> None:
-        outcomes = [result] * len(admitted) if isinstance(result, errors.AqError) else result
+    def _logged(self, admitted: list[Admitted], now: float, outcomes: list[Outcome]) -> None:
         never_started: list[LiveMessage] = []
         for a, outcome in zip(admitted, outcomes, strict=True):
-            if isinstance(outcome, errors.AqError):
-                # The write may have landed with only its reply lost: say so, look later.
-                self._release(a.key)
-                self.uncertain.append(a)
-                a.call.reply(
-                    failure(
-                        a.message_id,
-                        errors.RedisUnavailable(
-                            f"{outcome.message}. Message {a.message_id} may or may not be in "
-                            "the log (if it is, it runs once Redis is back); send it again with "
-                            f"message_id={a.message_id!r} to be sure it runs exactly once",
-                            message_id=a.message_id,
-                        ),
-                    )
-                )
-                continue
-            if not isinstance(outcome, int):  # the id was known to the log already
-                self._release(a.key)
-                self._duplicate(a, str(outcome))
-                continue
-            self.metrics.enqueued.inc((a.entity_type,))
-            msg = a.live_message(now, State.DISPATCHED if a.dispatch else State.ENQUEUED)
-            self.live[a.message_id] = msg
-            port = self.ports[a.shard]
-            if a.dispatch and port.generation != a.generation:
-                never_started.append(msg)  # its shard died meanwhile: it never got it
-            elif port.open and port.send is not None:
-                self._deliver(msg)
-            if a.call.wait:
-                self._add_waiter(msg, a.call)
-            else:
-                a.call.reply(SendResult(a.message_id, True))
+            match outcome:
+                case Applied():
+                    msg = self._accepted(a, now)
+                    if msg is not None:
+                        never_started.append(msg)
+                case Refused(state):  # the id was known to the log already
+                    self._release(a.key)
+                    self._duplicate(a, state)
+                case Failed(error):
+                    self._ambiguous(a, error)
         self._undispatch(never_started)
+
+    def _accepted(self, a: Admitted, now: float) -> LiveMessage | None:
+        """``a`` is in the log: track it, hand it over, answer its sender. Returns it if
+        it was logged `dispatched` for a shard that has died since (it never got it)."""
+        self.metrics.enqueued.inc((a.entity_type,))
+        msg = a.live_message(now, State.DISPATCHED if a.dispatch else State.ENQUEUED)
+        self.live[a.message_id] = msg
+        port = self.ports[a.shard]
+        never_started = a.dispatch and port.generation != a.generation
+        if not never_started and port.open and port.send is not None:
+            self._deliver(msg)
+        if a.call.wait:
+            self._add_waiter(msg, a.call)
+        else:
+            a.call.reply(SendResult(a.message_id, True))
+        return msg if never_started else None
+
+    def _ambiguous(self, a: Admitted, error: errors.AqError) -> None:
+        """The write may have landed with only its reply lost: say so, look later."""
+        self._release(a.key)
+        self.uncertain.append(a)
+        a.call.reply(
+            failure(
+                a.message_id,
+                errors.RedisUnavailable(
+                    f"{error.message}. Message {a.message_id} may or may not be in "
+                    "the log (if it is, it runs once Redis is back); send it again with "
+                    f"message_id={a.message_id!r} to be sure it runs exactly once",
+                    message_id=a.message_id,
+                ),
+            )
+        )
 
     def _duplicate(self, a: Admitted, state: str) -> None:
         known = self.live.get(a.message_id)
@@ -306,9 +323,9 @@ class NodeCore(ShardLifecycle):
             call.reply(failure(message_id, exc))
             return
         state = fields.get("state", state)
-        if state == "completed":
+        if state == LogState.COMPLETED:
             call.reply(converted(message_id, fields.get("reply", b""), call.envelope.content_type))
-        elif state == "failed" and fields.get("error"):
+        elif state == LogState.FAILED and fields.get("error"):
             call.reply(SendResult(message_id, False, error=msgspec.msgpack.decode(fields["error"])))
         else:
             call.reply(
@@ -406,79 +423,66 @@ class NodeCore(ShardLifecycle):
         return Call(env, item.wait, item.timeout_ms, reply, item.caller)
 
     def _dispatched(
-        self, port: ShardPort, generation: int, ids: list[str], result: list[Any] | errors.AqError
+        self, port: ShardPort, generation: int, ids: list[str], outcomes: list[Outcome]
     ) -> None:
         stale = port.generation != generation  # the shard that asked has died since
-        outcomes: list[Any] = (
-            [result] * len(ids) if isinstance(result, errors.AqError) else list(result)
-        )
         never_started: list[LiveMessage] = []
         for mid, outcome in zip(ids, outcomes, strict=True):
             msg = self.live.get(mid)
-            answer: ipc.DispatchResult
-            if outcome == 1:
-                if msg is not None:
-                    msg.state = State.DISPATCHED
-                    if stale:  # the go-ahead never reached a live shard
-                        never_started.append(msg)
-                answer = ipc.DispatchResult(mid, True)
-            elif isinstance(outcome, errors.AqError):  # not known to have applied: ask again
-                if msg is not None and msg.state == State.DISPATCHING:
-                    msg.state = State.ENQUEUED
-                answer = ipc.DispatchResult(mid, False, outcome.to_dict(), again=True)
-            elif outcome == "dispatched" and msg is not None:
-                # An earlier dispatch of it landed although its reply was lost; the shard
-                # was told to wait, so it never started: take the mark back, ask again.
-                if msg.state not in (State.UNDISPATCHING, State.INTERRUPTING):
-                    msg.state = State.DISPATCHED
-                    never_started.append(msg)
-                answer = ipc.DispatchResult(mid, False, None, again=True)
-            else:
-                problem = errors.AqError(
-                    f"message {mid} was {outcome} in the write-ahead log, not enqueued, "
-                    "so it was not run"
-                )
-                if msg is not None:
-                    log.error("%s", problem.message)
-                    self._drop(msg, failure(mid, problem))
-                answer = ipc.DispatchResult(mid, False, problem.to_dict())
+            answer = self._dispatch_answer(mid, msg, outcome, never_started, stale=stale)
             if not stale and port.send is not None:
                 port.send(answer)
         self._undispatch(never_started)
         if stale:
             self._try_open(self.ports.index(port))
 
+    def _dispatch_answer(
+        self,
+        mid: str,
+        msg: LiveMessage | None,
+        outcome: Outcome,
+        never_started: list[LiveMessage],
+        *,
+        stale: bool,
+    ) -> ipc.DispatchResult:
+        """Apply a dispatch's outcome to ``msg``; what the shard that asked is told."""
+        match outcome:
+            case Applied():
+                if msg is not None:
+                    msg.state = State.DISPATCHED
+                    if stale:  # the go-ahead never reached a live shard
+                        never_started.append(msg)
+                return ipc.DispatchResult(mid, True)
+            case Failed(error):  # not known to have applied: ask again
+                if msg is not None and msg.state == State.DISPATCHING:
+                    msg.state = State.ENQUEUED
+                return ipc.DispatchResult(mid, False, error.to_dict(), again=True)
+            case Refused(state=LogState.DISPATCHED) if msg is not None:
+                # An earlier dispatch of it landed although its reply was lost; the shard
+                # was told to wait, so it never started: take the mark back, ask again.
+                if msg.state not in (State.UNDISPATCHING, State.INTERRUPTING):
+                    msg.state = State.DISPATCHED
+                    never_started.append(msg)
+                return ipc.DispatchResult(mid, False, None, again=True)
+            case Refused(state):
+                problem = errors.AqError(
+                    f"message {mid} was {state} in the write-ahead log, not enqueued, "
+                    "so it was not run"
+                )
+                if msg is not None:
+                    log.error("%s", problem.message)
+                    self._drop(msg, failure(mid, problem))
+                return ipc.DispatchResult(mid, False, problem.to_dict())
+
     def _retry(
         self, port: ShardPort, generation: int, retries: list[tuple[LiveMessage, ipc.Retry]]
     ) -> None:
         entries = [RetryEntry(m.message_id, msgspec.msgpack.encode(r.error)) for m, r in retries]
 
-        def done(result: list[Any] | errors.AqError) -> None:
-            outcomes = [result] * len(retries) if isinstance(result, errors.AqError) else result
+        def done(outcomes: list[Outcome]) -> None:
             stale = port.generation != generation
             for (msg, retry), outcome in zip(retries, outcomes, strict=True):
-                if outcome in (1, "enqueued"):
-                    msg.state, msg.attempt, msg.started = State.ENQUEUED, msg.attempt + 1, False
-                    log.info(
-                        "%s %s of %s failed (%s); attempt %d follows",
-                        msg.message,
-                        msg.message_id,
-                        msg.key,
-                        str(retry.error.get("message", ""))[:200],
-                        msg.attempt,
-                    )
-                    answer = ipc.RetryResult(msg.message_id, True)
-                elif isinstance(outcome, errors.AqError):  # still `dispatched`: ask again
-                    msg.state = State.DISPATCHED
-                    answer = ipc.RetryResult(msg.message_id, False, outcome.to_dict(), again=True)
-                else:
-                    problem = errors.AqError(
-                        f"message {msg.message_id} was {outcome} in the log when its retry "
-                        "was recorded; it is not run again"
-                    )
-                    log.error("%s", problem.message)
-                    self._drop(msg, failure(msg.message_id, problem))
-                    answer = ipc.RetryResult(msg.message_id, False, problem.to_dict())
+                answer = self._retry_answer(msg, retry, outcome)
                 if not stale and port.send is not None:
                     port.send(answer)
             if stale:
@@ -489,11 +493,40 @@ class NodeCore(ShardLifecycle):
 
         self.wal.retry(entries, done)
 
+    def _retry_answer(
+        self, msg: LiveMessage, retry: ipc.Retry, outcome: Outcome
+    ) -> ipc.RetryResult:
+        """Apply a retry's outcome to ``msg``; what its shard is told."""
+        match outcome:
+            # `enqueued` already: an earlier commit of this retry landed, its reply lost
+            case Applied() | Refused(state=LogState.ENQUEUED):
+                msg.state, msg.attempt, msg.started = State.ENQUEUED, msg.attempt + 1, False
+                log.info(
+                    "%s %s of %s failed (%s); attempt %d follows",
+                    msg.message,
+                    msg.message_id,
+                    msg.key,
+                    str(retry.error.get("message", ""))[:200],
+                    msg.attempt,
+                )
+                return ipc.RetryResult(msg.message_id, True)
+            case Failed(error):  # still `dispatched`: ask again
+                msg.state = State.DISPATCHED
+                return ipc.RetryResult(msg.message_id, False, error.to_dict(), again=True)
+            case Refused(state):
+                problem = errors.AqError(
+                    f"message {msg.message_id} was {state} in the log when its retry "
+                    "was recorded; it is not run again"
+                )
+                log.error("%s", problem.message)
+                self._drop(msg, failure(msg.message_id, problem))
+                return ipc.RetryResult(msg.message_id, False, problem.to_dict())
+
     def _finish(self, finishes: list[tuple[LiveMessage, ipc.Outcome]]) -> None:
         entries = [
             FinishEntry(
                 msg.message_id,
-                "completed" if o.ok else "failed",
+                LogState.COMPLETED if o.ok else LogState.FAILED,
                 o.reply,
                 msgspec.msgpack.encode(o.error) if o.error else b"",
                 dead=not o.ok,  # a shard reports failure only once no attempt is left
@@ -503,20 +536,21 @@ class NodeCore(ShardLifecycle):
         self.wal.finish(entries, lambda result: self._finished(finishes, result))
 
     def _finished(
-        self, finishes: list[tuple[LiveMessage, ipc.Outcome]], result: list[Any] | errors.AqError
+        self, finishes: list[tuple[LiveMessage, ipc.Outcome]], statuses: list[Outcome]
     ) -> None:
-        outcomes = [result] * len(finishes) if isinstance(result, errors.AqError) else result
         again: list[tuple[LiveMessage, ipc.Outcome]] = []
-        for (msg, outcome), status in zip(finishes, outcomes, strict=True):
-            if isinstance(status, errors.AqError):
-                # The handler ran but its outcome is not durable yet: keep trying; the
-                # entry stays `dispatched` meanwhile (never guessed, never re-run).
-                again.append((msg, outcome))
-                continue
-            if status not in (1, "completed", "failed"):  # a retried commit finds its own
-                log.error(
-                    "outcome of %s not recorded: it was %s in the log", msg.message_id, status
-                )
+        for (msg, outcome), status in zip(finishes, statuses, strict=True):
+            match status:
+                case Failed():
+                    # The handler ran but its outcome is not durable yet: keep trying; the
+                    # entry stays `dispatched` meanwhile (never guessed, never re-run).
+                    again.append((msg, outcome))
+                    continue
+                case Refused(state) if state not in (LogState.COMPLETED, LogState.FAILED):
+                    # (either of those: a retried commit found its own outcome)
+                    log.error(
+                        "outcome of %s not recorded: it was %s in the log", msg.message_id, state
+                    )
             labels = (msg.entity_type,)
             m = self.metrics
             (m.completed if outcome.ok else m.failed).inc(labels)

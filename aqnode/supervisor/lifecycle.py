@@ -23,7 +23,7 @@ from aqnode.config import NodeConfig
 from aqnode.supervisor.live import IN_FLIGHT, Admitted, LiveMessage, ShardPort, State, failure
 from aqnode.supervisor.metrics import NodeMetrics
 from aqnode.util.ring import HashRing, entity_key
-from aqnode.wal import InterruptEntry, WriteAheadLog
+from aqnode.wal import Applied, Failed, InterruptEntry, LogState, Outcome, Refused, WriteAheadLog
 
 log = logging.getLogger("aqnode.core")
 
@@ -138,52 +138,55 @@ class ShardLifecycle:
         limit = max(self.config.retry_for(msg.entity_type).max_attempts, INTERRUPT_RETRY_FLOOR)
         return msg.attempt < limit
 
-    def _interrupted(self, messages: list[LiveMessage], result: list[Any] | errors.AqError) -> None:
-        outcomes = [result] * len(messages) if isinstance(result, errors.AqError) else result
+    def _interrupted(self, messages: list[LiveMessage], outcomes: list[Outcome]) -> None:
         again: list[LiveMessage] = []
-        shards = set()
         for msg, outcome in zip(messages, outcomes, strict=True):
-            shards.add(msg.shard)
-            if isinstance(outcome, errors.AqError):  # not recorded: stays in flight, again
-                again.append(msg)
-            elif outcome == "enqueued":
-                msg.attempt += 1
-                log.warning(
-                    "%s %s of %s was interrupted by a crash of shard %d; on_interrupt = "
-                    '"retry": it runs again (attempt %d)',
-                    msg.message,
-                    msg.message_id,
-                    msg.key,
-                    msg.shard,
-                    msg.attempt,
-                )
-                self._requeued(msg)
-            else:
-                if outcome == "interrupted":
-                    self.metrics.dead_lettered.inc((msg.entity_type, "interrupted"))
+            match outcome:
+                case Failed():  # not recorded: stays in flight, again
+                    again.append(msg)
+                case Applied(to=LogState.ENQUEUED):
+                    msg.attempt += 1
                     log.warning(
-                        "%s %s of %s was interrupted by a crash of shard %d and "
-                        "dead-lettered (interrupted); it is not run again",
+                        "%s %s of %s was interrupted by a crash of shard %d; on_interrupt = "
+                        '"retry": it runs again (attempt %d)',
                         msg.message,
                         msg.message_id,
                         msg.key,
                         msg.shard,
+                        msg.attempt,
                     )
-                else:
-                    log.error("interrupting %s: it was %s in the log", msg.message_id, outcome)
-                self._drop(
-                    msg,
-                    failure(
-                        msg.message_id,
-                        errors.Interrupted(
-                            f"message {msg.message_id} was interrupted by a crash and dead-lettered"
-                        ),
-                    ),
-                )
+                    self._requeued(msg)
+                case Applied() | Refused():
+                    self._dead_lettered(msg, outcome)
         if again:
             asyncio.get_running_loop().call_later(LOG_RETRY_S, self._interrupt, again)
-        for shard in shards:
+        for shard in {m.shard for m in messages}:
             self._try_open(shard)
+
+    def _dead_lettered(self, msg: LiveMessage, outcome: Applied | Refused) -> None:
+        """An interrupt that did not requeue: the message is over (or was not `dispatched`
+        in the log, which is logged: it is not run again either way)."""
+        if isinstance(outcome, Applied):  # to INTERRUPTED
+            self.metrics.dead_lettered.inc((msg.entity_type, "interrupted"))
+            log.warning(
+                "%s %s of %s was interrupted by a crash of shard %d and "
+                "dead-lettered (interrupted); it is not run again",
+                msg.message,
+                msg.message_id,
+                msg.key,
+                msg.shard,
+            )
+        else:
+            log.error("interrupting %s: it was %s in the log", msg.message_id, outcome.state)
+        self._drop(
+            msg,
+            failure(
+                msg.message_id,
+                errors.Interrupted(
+                    f"message {msg.message_id} was interrupted by a crash and dead-lettered"
+                ),
+            ),
+        )
 
     def _requeued(self, msg: LiveMessage) -> None:
         """``msg`` is `enqueued` again: hand it over now if its shard is open and lacks it
@@ -210,32 +213,28 @@ class ShardLifecycle:
         ids = [m.message_id for m in messages]
         self.wal.undispatch(ids, lambda result: self._undispatched(messages, result))
 
-    def _undispatched(
-        self, messages: list[LiveMessage], result: list[Any] | errors.AqError
-    ) -> None:
-        outcomes = [result] * len(messages) if isinstance(result, errors.AqError) else result
+    def _undispatched(self, messages: list[LiveMessage], outcomes: list[Outcome]) -> None:
         again: list[LiveMessage] = []
-        shards = set()
         for msg, outcome in zip(messages, outcomes, strict=True):
-            shards.add(msg.shard)
-            if isinstance(outcome, errors.AqError):
-                again.append(msg)
-            elif outcome == 1:
-                self._requeued(msg)
-            else:
-                log.error("taking back %s: it was %s in the log", msg.message_id, outcome)
-                self._drop(
-                    msg,
-                    failure(
-                        msg.message_id,
-                        errors.AqError(
-                            f"message {msg.message_id} was {outcome} in the log; it was not run"
+            match outcome:
+                case Failed():
+                    again.append(msg)
+                case Applied():
+                    self._requeued(msg)
+                case Refused(state):
+                    log.error("taking back %s: it was %s in the log", msg.message_id, state)
+                    self._drop(
+                        msg,
+                        failure(
+                            msg.message_id,
+                            errors.AqError(
+                                f"message {msg.message_id} was {state} in the log; it was not run"
+                            ),
                         ),
-                    ),
-                )
+                    )
         if again:
             asyncio.get_running_loop().call_later(LOG_RETRY_S, self._undispatch, again)
-        for shard in shards:
+        for shard in {m.shard for m in messages}:
             self._try_open(shard)
 
     # ---- enqueues whose reply was lost -------------------------------------------------

@@ -13,6 +13,7 @@ in. EVAL (not EVALSHA) carries each script's source: a Redis that lost its scrip
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,8 +31,45 @@ from aqnode.wal.redis_errors import translated
 
 log = logging.getLogger("aqnode.wal")
 
-Result = list[Any]  # per transition: 1 or a sequence number on success, else a state string
-Callback = Callable[[Result | errors.AqError], None]
+
+class LogState(enum.StrEnum):
+    """An entry's ``state`` field in Redis, as the Lua scripts write and report it."""
+
+    ENQUEUED = "enqueued"
+    DISPATCHED = "dispatched"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    MISSING = "missing"  # a script's word for an entry that is not in the log
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The script made the move it was asked for."""
+
+    seq: int = 0  #: enqueue: the new entry's sequence number
+    #: interrupt: where the entry went, ENQUEUED (to run again) or INTERRUPTED
+    to: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The entry was not in the state the move needs, and was left as it was."""
+
+    state: str  #: its current state (a LogState value; MISSING if it is not in the log)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Not known to have applied (Redis did not answer, or refused the script): the
+    transition may be tried again, never assumed either way."""
+
+    error: errors.AqError
+
+
+Outcome = Applied | Refused | Failed
+#: gets one outcome per item handed in, in the same order
+Callback = Callable[[list[Outcome]], None]
 
 #: The order kinds are applied in within one commit: an outcome lands before the next
 #: dispatch of the same entity that travelled in the same frame.
@@ -55,7 +93,7 @@ class EnqueueEntry:
 @dataclass(slots=True)
 class FinishEntry:
     message_id: str
-    state: str  # "completed" | "failed"
+    state: LogState  # COMPLETED or FAILED
     reply: bytes
     error: bytes
     dead: bool = False  # failed with no attempts left: dead-letter it ("exhausted")
@@ -287,7 +325,7 @@ class WriteAheadLog:
             else errors.AqError(f"the write-ahead log failed: {exc}")
         )
         for request, _, _ in spans:
-            _call(request.done, error)
+            _call(request.done, [Failed(error)] * len(request.items))
 
     def _deliver(
         self,
@@ -296,20 +334,14 @@ class WriteAheadLog:
         first_call: int,
         first_item: int,
     ) -> None:
-        """Hand a request its results; a chunk whose script failed gives each of its
-        items that error (an :class:`~aqnode.errors.AqError`) instead of a result."""
-        results: list[Any] = []
-        index = first_item
-        for _ in request.items:
-            reply = replies[first_call + index // MAX_SCRIPT_BATCH]
-            if isinstance(reply, Exception):
-                results.append(_translate(reply))
-            else:
-                value = reply[index % MAX_SCRIPT_BATCH]
-                results.append(value.decode() if isinstance(value, bytes) else value)
-                self.committed += 1
-            index += 1
-        _call(request.done, results)
+        """Hand a request one outcome per item, read from the reply of its item's chunk."""
+        chunk = MAX_SCRIPT_BATCH
+        outcomes = [
+            outcome_of(request.kind, replies[first_call + i // chunk], i % chunk)
+            for i in range(first_item, first_item + len(request.items))
+        ]
+        self.committed += sum(not isinstance(o, Failed) for o in outcomes)
+        _call(request.done, outcomes)
 
     def _script_args(self, kind: str, items: Sequence[Any], now: str) -> list[Any]:
         keys = self.keys
@@ -355,15 +387,36 @@ def _id_of(item: Any) -> str:
     return item if isinstance(item, str) else str(item.message_id)
 
 
+#: interrupt.lua answers with the state it left the entry in, moved or not: these two
+#: are where an interrupt sends it (one already there was moved by an earlier commit of
+#: the same interrupt whose reply was lost), anything else means it was not `dispatched`.
+INTERRUPT_TARGETS: Final = frozenset({LogState.ENQUEUED, LogState.INTERRUPTED})
+
+
+def outcome_of(kind: str, reply: list[Any] | Exception, index: int) -> Outcome:
+    """The outcome of item ``index`` of one EVAL of script ``kind``, from its ``reply``: a
+    script that failed fails every item of its chunk; else 1 (or enqueue's sequence
+    number) means applied and a state means refused (each script's header in ``lua/``)."""
+    if isinstance(reply, Exception):
+        return Failed(_translate(reply))
+    value = reply[index]
+    if isinstance(value, int):
+        return Applied(seq=value if kind == "enqueue" else 0)
+    state = _text(value)
+    if kind == "interrupt" and state in INTERRUPT_TARGETS:
+        return Applied(to=state)
+    return Refused(state)
+
+
 def _translate(exc: Exception) -> errors.AqError:
     """A script's error reply (MISCONF, OOM, READONLY, ...): nothing of it is known to
     have applied, so callers treat it like an outage of that transition and try again."""
     return errors.RedisUnavailable(f"Redis refused the write-ahead log's transition: {exc}")
 
 
-def _call(done: Callback, value: Result | errors.AqError) -> None:
+def _call(done: Callback, outcomes: list[Outcome]) -> None:
     try:
-        done(value)
+        done(outcomes)
     except Exception:  # a callback bug must not stall the log for everyone else
         log.exception("write-ahead log callback failed")
 

@@ -23,8 +23,19 @@ from aqnode.errors import RedisUnavailable
 from aqnode.supervisor.core import Call, NodeCore
 from aqnode.supervisor.live import IN_FLIGHT, State
 from aqnode.supervisor.validation import Validator
+from aqnode.wal import Applied, Failed, Outcome, Refused
 
-Done = Callable[[Any], None]
+Done = Callable[[list[Outcome]], None]
+
+
+def ok(n: int = 1) -> list[Outcome]:
+    """The log's answer when every one of ``n`` transitions applied."""
+    return [Applied()] * n
+
+
+def lost(reason: str, n: int = 1) -> list[Outcome]:
+    """The log's answer when a commit's reply was lost: each of its ``n`` items failed."""
+    return [Failed(RedisUnavailable(reason))] * n
 
 
 class ScriptedLog:
@@ -114,13 +125,13 @@ def in_loop(test: Callable[..., None]) -> Callable[..., None]:
 def test_a_shard_dying_after_its_outcome_does_not_interrupt_the_message(h: Harness) -> None:
     replies = h.send()
     items, done = h.log.take("enqueue")
-    done([1])
+    done(ok())
     mid = items[0].message_id
     h.core.on_shard_items(0, [ipc.Outcome(mid, True, msgspec.msgpack.encode({"x": 1}))])
     h.core.shard_down(0, read_to_the_end=False)  # the shard's last frame was read, then it died
     assert "interrupt" not in h.log.kinds()
     _, finished = h.log.take("finish")
-    finished([1])
+    finished(ok())
     assert replies[0].ok, replies[0].error
 
 
@@ -130,23 +141,23 @@ def test_a_dispatch_whose_reply_was_lost_is_taken_back_and_runs(h: Harness) -> N
     second = h.send()  # queued behind the first: it will ask for its dispatch mark
     (one,), done_1 = h.log.take("enqueue")
     (two,), done_2 = h.log.take("enqueue")
-    done_1([1])
-    done_2([2])
+    done_1(ok())
+    done_2([Applied(seq=2)])
     mid_1, mid_2 = one.message_id, two.message_id
     h.core.on_shard_items(0, [ipc.Outcome(mid_1, True, b"")])
-    h.log.take("finish")[1]([1])
+    h.log.take("finish")[1](ok())
     assert first[0].ok
     h.core.on_shard_items(0, [ipc.Dispatch(mid_2)])
-    h.log.take("dispatch")[1](RedisUnavailable("connection reset"))  # it landed, unseen
+    h.log.take("dispatch")[1](lost("connection reset"))  # it landed, unseen
     assert h.sent[-1] == ipc.DispatchResult(mid_2, False, h.sent[-1].error, again=True)
     h.core.on_shard_items(0, [ipc.Dispatch(mid_2)])  # the shard asks again
-    h.log.take("dispatch")[1](["dispatched"])
+    h.log.take("dispatch")[1]([Refused("dispatched")])
     assert h.sent[-1].again and not h.sent[-1].ok
     taken, undone = h.log.take("undispatch")
     assert taken == [mid_2]
-    undone([1])
+    undone(ok())
     h.core.on_shard_items(0, [ipc.Dispatch(mid_2)])
-    h.log.take("dispatch")[1]([1])
+    h.log.take("dispatch")[1](ok())
     assert h.sent[-1] == ipc.DispatchResult(mid_2, True)
     assert "interrupt" not in h.log.kinds() and second == []
 
@@ -159,10 +170,10 @@ def test_a_fast_path_message_in_flight_when_its_shard_dies_runs_on_the_next(
     items, done = h.log.take("enqueue")
     assert items[0].dispatch, "an idle entity's message is written dispatched at once"
     h.restart_shard()  # dies while the enqueue commit is in flight
-    done([1])
+    done(ok())
     taken, undone = h.log.take("undispatch")
     assert taken == [items[0].message_id] and h.sent == []
-    undone([1])
+    undone(ok())
     (delivered,) = h.sent
     assert delivered.message_id == items[0].message_id and not delivered.dispatched
     assert replies == []  # still waiting: it was never interrupted
@@ -173,9 +184,9 @@ def test_refused_or_failed_sends_do_not_count_as_workers() -> None:
     h = Harness("max_total_workers = 2\n")
     for i in range(3):
         h.send(f"done-{i}", wait=False, message_id=f"old-{i}")
-        h.log.take("enqueue")[1](["completed"])  # idempotent resends of finished ids
+        h.log.take("enqueue")[1]([Refused("completed")])  # idempotent resends of finished ids
     h.send("lost", wait=False)
-    h.log.take("enqueue")[1](RedisUnavailable("gone"))
+    h.log.take("enqueue")[1](lost("gone"))
     accepted = h.send("fresh", wait=False)
     assert accepted == []  # admitted, waiting for its commit: not refused
     assert h.log.kinds() == ["enqueue"]
@@ -201,7 +212,7 @@ def test_max_total_queue_depth_counts_messages_not_yet_logged() -> None:
 def test_an_ambiguous_enqueue_says_so_and_is_adopted_if_it_landed(h: Harness) -> None:
     replies = h.send(wait=False)
     items, done = h.log.take("enqueue")
-    done(RedisUnavailable("connection reset"))
+    done(lost("connection reset"))
     (reply,) = replies
     assert reply.error is not None and reply.error["code"] == "REDIS_UNAVAILABLE"
     assert "may or may not" in reply.error["message"]
@@ -214,7 +225,7 @@ def test_a_reply_for_a_dead_shards_bus_call_is_dropped(h: Harness) -> None:
     payload = msgspec.msgpack.encode({"account_id": "b1", "amount": 1})
     h.core.on_shard_items(0, [ipc.Submit(3, "account", "Deposit", "b1", payload, False, 0)])
     h.restart_shard()
-    h.log.take("enqueue")[1]([1])
+    h.log.take("enqueue")[1](ok())
     assert not any(isinstance(x, ipc.SubmitResult) for x in h.sent)
 
 
@@ -229,20 +240,20 @@ def test_a_shard_crash_does_not_count_its_live_messages_twice() -> None:
     for i in range(10):
         h.send(f"a{i}", wait=False)
         _, done = h.log.take("enqueue")
-        done([1])
+        done(ok())
     assert h.core.queued_total == 10
     h.core.shard_down(0, read_to_the_end=True)
     assert h.core.queued_total == 10  # the same ten, still unfinished
     # The ten were `dispatched` (idle entities) but never started: taken back, then run.
     ids, undone = h.log.take("undispatch")
-    undone([1] * len(ids))
+    undone(ok(len(ids)))
     h.sent = []
     h.core.shard_up(0, h.sent.append)
     delivered = [x for x in h.sent if isinstance(x, ipc.Deliver)]
     assert sorted(d.message_id for d in delivered) == sorted(ids)
     h.core.on_shard_items(0, [ipc.Outcome(d.message_id, True, b"\xc0") for d in delivered])
     finished, fin_done = h.log.take("finish")
-    fin_done([1] * len(finished))
+    fin_done(ok(len(finished)))
     assert _live_totals(h) == (0, {}, set())
     replies = [r for i in range(30) for r in h.send(f"b{i}", wait=False)]
     assert not [r for r in replies if not r.ok]  # nothing refused: all 30 admitted
@@ -253,12 +264,12 @@ def test_a_shard_crash_does_not_count_its_live_messages_twice() -> None:
 def test_a_dead_shards_dispatched_but_never_started_message_runs_again(h: Harness) -> None:
     replies = h.send()
     (item,), done = h.log.take("enqueue")
-    done([1])  # idle entity: logged `dispatched` and delivered with the go-ahead
+    done(ok())  # idle entity: logged `dispatched` and delivered with the go-ahead
     h.core.shard_down(0, read_to_the_end=True)  # no Started frame came: it never ran
     assert "interrupt" not in h.log.kinds()
     (mid,), undone = h.log.take("undispatch")
     assert mid == item.message_id
-    undone([1])
+    undone(ok())
     h.sent = []
     h.core.shard_up(0, h.sent.append)
     (again,) = [x for x in h.sent if isinstance(x, ipc.Deliver)]
@@ -270,7 +281,7 @@ def test_a_dead_shards_dispatched_but_never_started_message_runs_again(h: Harnes
 def test_a_started_message_is_interrupted_when_its_shard_dies(h: Harness) -> None:
     replies = h.send()
     (item,), done = h.log.take("enqueue")
-    done([1])
+    done(ok())
     h.core.on_shard_items(0, [ipc.Started(item.message_id)])
     h.core.shard_down(0, read_to_the_end=True)
     assert "undispatch" not in h.log.kinds()
@@ -285,7 +296,7 @@ def test_without_the_shards_last_frames_every_dispatched_message_is_interrupted(
 ) -> None:
     h.send()
     (item,), done = h.log.take("enqueue")
-    done([1])
+    done(ok())
     h.core.shard_down(0, read_to_the_end=False)  # its last frames may be lost: assume started
     (entry,), _ = h.log.take("interrupt")
     assert entry.message_id == item.message_id
@@ -299,11 +310,11 @@ def test_a_started_message_is_never_taken_back_even_if_its_dispatch_reply_was_lo
     entry still `dispatched`, took it back and the message ran again (4 runs of one)."""
     h.send()
     (item,), done = h.log.take("enqueue")
-    done([1])
+    done(ok())
     mid = item.message_id
     h.core.on_shard_items(0, [ipc.Started(mid), ipc.Dispatch(mid)])
     _, dispatched = h.log.take("dispatch")
-    dispatched(["dispatched"])  # the log: it is already dispatched
+    dispatched([Refused("dispatched")])  # the log: it is already dispatched
     assert "undispatch" not in h.log.kinds()
     (entry,), _ = h.log.take("interrupt")
     assert entry.message_id == mid
