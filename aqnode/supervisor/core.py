@@ -22,6 +22,7 @@ import msgspec
 from aqnode import errors, ipc
 from aqnode.bus import Envelope, SendResult
 from aqnode.config import NodeConfig
+from aqnode.supervisor.ledger import Ledger
 from aqnode.supervisor.lifecycle import LOG_RETRY_S, ShardLifecycle
 from aqnode.supervisor.live import (
     Admitted,
@@ -55,25 +56,17 @@ log = logging.getLogger("aqnode.core")
 __all__ = ["Call", "NodeCore"]
 
 
-class NodeCore(ShardLifecycle):
+class NodeCore:
     def __init__(self, config: NodeConfig, validator: Validator, wal: WriteAheadLog, shards: int):
         self.config = config
         self.validator = validator
         self.wal = wal
         self.ring = HashRing(shards)
-        self.ports = [ShardPort() for _ in range(shards)]
-        self.live: dict[str, LiveMessage] = {}
-        self.depth: dict[str, int] = {}  # entity key -> live messages (admitted, not finished)
-        #: entity keys a shard holds a worker for (a Deliver went out, no WorkerGone since)
-        self.workers: dict[str, int] = {}  # entity key -> its shard
-        #: entity keys with unfinished messages and no worker yet (for max_total_workers)
-        self.new_entities: set[str] = set()
-        self.queued_total = 0  #: unfinished messages, admitted ones included
+        self.ledger = Ledger(shards)
+        self.metrics = NodeMetrics()
+        self.lifecycle = ShardLifecycle(config, wal, self.ring, self.ledger, self.metrics)
         self.draining = False
         self.redis_ok = True  # set by the supervisor's health check
-        #: enqueues whose commit failed on a broken connection: they may be in the log
-        #: after all, and are adopted by :meth:`adopt_uncertain` once Redis answers
-        self.uncertain: list[Admitted] = []
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
         self._entity_limits = {
@@ -81,8 +74,31 @@ class NodeCore(ShardLifecycle):
         }
         self._reply_timeouts = {name: cfg.reply_timeout_ms for name, cfg in config.entities.items()}
         self._default_reply_timeout = config.entity("").reply_timeout_ms
-        self.metrics = NodeMetrics()
         wal.on_commit = lambda kind, n: self.metrics.commit_batch.observe((kind,), n)
+
+    @property
+    def live(self) -> dict[str, LiveMessage]:
+        """Every message admitted to the log and not finished, by id."""
+        return self.ledger.live
+
+    @property
+    def uncertain(self) -> list[Admitted]:
+        """Enqueues whose outcome a Redis failure hid (see :meth:`adopt_uncertain`)."""
+        return self.lifecycle.uncertain
+
+    # ---- shards and the log, as the node sees them (lifecycle.py) ---------------------
+
+    def shard_up(self, shard: int, send: Callable[[Any], None]) -> None:
+        self.lifecycle.shard_up(shard, send)
+
+    def shard_down(self, shard: int, *, read_to_the_end: bool) -> None:
+        self.lifecycle.shard_down(shard, read_to_the_end=read_to_the_end)
+
+    async def recover(self, entries: list[dict[str, Any]]) -> tuple[int, int]:
+        return await self.lifecycle.recover(entries)
+
+    async def adopt_uncertain(self) -> int:
+        return await self.lifecycle.adopt_uncertain()
 
     def learn(self, catalogue: list[MessageEntry]) -> None:
         """What the node handles, as the first ready shard described it (no user code)."""
@@ -176,15 +192,15 @@ class NodeCore(ShardLifecycle):
                 "use enqueue instead of enqueue_and_wait"
             )
         message_id = env.message_id or f"{self._id_prefix}-{next(self._ids):x}"
-        known = self.live.get(message_id)
+        known = self.ledger.live.get(message_id)
         if known is not None:  # an idempotency key already live here: attach, write nothing
             self._answer_when_done(known, call)
             return None
         self._check_limits(spec.entity_type, key)
-        depth = self.depth.get(key, 0)
-        self._track(key)
+        depth = self.ledger.depth.get(key, 0)
+        self.ledger.track(key)
         shard = self.ring.shard_for(key)
-        port = self.ports[shard]
+        port = self.ledger.ports[shard]
         # An idle entity's message may be logged `dispatched` at once: its worker will
         # start it next, so the separate dispatch round trip would only add latency.
         dispatch = depth == 0 and port.open
@@ -201,7 +217,7 @@ class NodeCore(ShardLifecycle):
         )
 
     def _check_limits(self, etype: str, key: str) -> None:
-        depth = self.depth.get(key, 0)
+        depth = self.ledger.depth.get(key, 0)
         limit = self._entity_limits.get(etype, 0)
         if limit and depth > limit:  # `depth` already counts the one running
             raise errors.BackpressureError(
@@ -210,46 +226,21 @@ class NodeCore(ShardLifecycle):
                 code=errors.QUEUE_DEPTH_EXCEEDED,
             )
         total = self.config.max_total_queue_depth
-        if total and self.queued_total >= total:
+        if total and self.ledger.queued_total >= total:
             raise errors.BackpressureError(
-                f"the node holds {self.queued_total} queued messages, its limit "
+                f"the node holds {self.ledger.queued_total} queued messages, its limit "
                 f"(max_total_queue_depth = {total}); retry later",
                 code=errors.QUEUE_DEPTH_EXCEEDED,
             )
         workers = self.config.max_total_workers
-        entities = len(self.workers) + len(self.new_entities)
-        known = key in self.workers or key in self.new_entities
+        entities = len(self.ledger.workers) + len(self.ledger.new_entities)
+        known = key in self.ledger.workers or key in self.ledger.new_entities
         if workers and not known and entities >= workers:
             raise errors.BackpressureError(
                 f"the node runs {entities} entity workers, its limit "
                 f"(max_total_workers = {workers}); {key} has none yet; retry later",
                 code=errors.WORKER_LIMIT_EXCEEDED,
             )
-
-    def _track(self, key: str) -> None:
-        """Count one more unfinished message of ``key`` (admitted, recovered, adopted)."""
-        self.depth[key] = self.depth.get(key, 0) + 1
-        self.queued_total += 1
-        if key not in self.workers:
-            self.new_entities.add(key)
-
-    def _release(self, key: str) -> None:
-        self.queued_total -= 1
-        left = self.depth.get(key, 0) - 1
-        if left > 0:
-            self.depth[key] = left
-        else:
-            self.depth.pop(key, None)
-            self.new_entities.discard(key)
-
-    def _deliver(self, msg: LiveMessage) -> None:
-        """Hand ``msg`` to its shard (whose port is open); its entity now has a worker."""
-        port = self.ports[msg.shard]
-        assert port.send is not None
-        port.send(msg.deliver_item())
-        msg.held = False
-        self.workers[msg.key] = msg.shard
-        self.new_entities.discard(msg.key)
 
     def _logged(self, admitted: list[Admitted], now: float, outcomes: list[Outcome]) -> None:
         never_started: list[LiveMessage] = []
@@ -260,22 +251,22 @@ class NodeCore(ShardLifecycle):
                     if msg is not None:
                         never_started.append(msg)
                 case Refused(state):  # the id was known to the log already
-                    self._release(a.key)
+                    self.ledger.release(a.key)
                     self._duplicate(a, state)
                 case Failed(error):
                     self._ambiguous(a, error)
-        self._undispatch(never_started)
+        self.lifecycle.undispatch(never_started)
 
     def _accepted(self, a: Admitted, now: float) -> LiveMessage | None:
         """``a`` is in the log: track it, hand it over, answer its sender. Returns it if
         it was logged `dispatched` for a shard that has died since (it never got it)."""
         self.metrics.enqueued.inc((a.entity_type,))
         msg = a.live_message(now, State.DISPATCHED if a.dispatch else State.ENQUEUED)
-        self.live[a.message_id] = msg
-        port = self.ports[a.shard]
+        self.ledger.live[a.message_id] = msg
+        port = self.ledger.ports[a.shard]
         never_started = a.dispatch and port.generation != a.generation
         if not never_started and port.open and port.send is not None:
-            self._deliver(msg)
+            self.ledger.deliver(msg)
         if a.call.wait:
             self._add_waiter(msg, a.call)
         else:
@@ -284,8 +275,8 @@ class NodeCore(ShardLifecycle):
 
     def _ambiguous(self, a: Admitted, error: errors.AqError) -> None:
         """The write may have landed with only its reply lost: say so, look later."""
-        self._release(a.key)
-        self.uncertain.append(a)
+        self.ledger.release(a.key)
+        self.lifecycle.uncertain.append(a)
         a.call.reply(
             failure(
                 a.message_id,
@@ -299,7 +290,7 @@ class NodeCore(ShardLifecycle):
         )
 
     def _duplicate(self, a: Admitted, state: str) -> None:
-        known = self.live.get(a.message_id)
+        known = self.ledger.live.get(a.message_id)
         if known is not None:
             self._answer_when_done(known, a.call)
         elif not a.call.wait:
@@ -368,31 +359,31 @@ class NodeCore(ShardLifecycle):
         finishes: list[tuple[LiveMessage, ipc.Outcome]] = []
         retries: list[tuple[LiveMessage, ipc.Retry]] = []
         submits: list[Call] = []
-        port = self.ports[shard]
+        port = self.ledger.ports[shard]
         for item in items:
             if isinstance(item, ipc.Started):
-                msg = self.live.get(item.message_id)
+                msg = self.ledger.live.get(item.message_id)
                 if msg is not None:
                     msg.started = True
             elif isinstance(item, ipc.Dispatch):
                 dispatches.append(item.message_id)
-                msg = self.live.get(item.message_id)
+                msg = self.ledger.live.get(item.message_id)
                 if msg is not None:
                     msg.state = State.DISPATCHING
             elif isinstance(item, ipc.Retry):
-                msg = self.live.get(item.message_id)
+                msg = self.ledger.live.get(item.message_id)
                 if msg is not None:
                     msg.state = State.RETRYING
                     retries.append((msg, item))
             elif isinstance(item, ipc.Outcome):
-                msg = self.live.get(item.message_id)
+                msg = self.ledger.live.get(item.message_id)
                 if msg is not None:
                     msg.state = State.FINISHING  # it ran: a crash from now on interrupts nothing
                     finishes.append((msg, item))
             elif isinstance(item, ipc.Submit):
                 submits.append(self._shard_call(port, item))
-            elif isinstance(item, ipc.WorkerGone) and not self.depth.get(item.entity_key):
-                self.workers.pop(item.entity_key, None)
+            elif isinstance(item, ipc.WorkerGone):
+                self.ledger.worker_gone(item.entity_key)
         if finishes:
             self._finish(finishes)
         if retries:
@@ -428,13 +419,13 @@ class NodeCore(ShardLifecycle):
         stale = port.generation != generation  # the shard that asked has died since
         never_started: list[LiveMessage] = []
         for mid, outcome in zip(ids, outcomes, strict=True):
-            msg = self.live.get(mid)
+            msg = self.ledger.live.get(mid)
             answer = self._dispatch_answer(mid, msg, outcome, never_started, stale=stale)
             if not stale and port.send is not None:
                 port.send(answer)
-        self._undispatch(never_started)
+        self.lifecycle.undispatch(never_started)
         if stale:
-            self._try_open(self.ports.index(port))
+            self.lifecycle.try_open(self.ledger.ports.index(port))
 
     def _dispatch_answer(
         self,
@@ -471,7 +462,7 @@ class NodeCore(ShardLifecycle):
                 )
                 if msg is not None:
                     log.error("%s", problem.message)
-                    self._drop(msg, failure(mid, problem))
+                    self.ledger.drop(msg, failure(mid, problem))
                 return ipc.DispatchResult(mid, False, problem.to_dict())
 
     def _retry(
@@ -488,8 +479,8 @@ class NodeCore(ShardLifecycle):
             if stale:
                 # The shard died waiting: what is still `dispatched` ran, so it is
                 # interrupted; what is `enqueued` again goes to the restarted shard.
-                self._interrupt([m for m, _ in retries if m.state == State.DISPATCHED])
-                self._try_open(self.ports.index(port))
+                self.lifecycle.interrupt([m for m, _ in retries if m.state == State.DISPATCHED])
+                self.lifecycle.try_open(self.ledger.ports.index(port))
 
         self.wal.retry(entries, done)
 
@@ -519,7 +510,7 @@ class NodeCore(ShardLifecycle):
                     "was recorded; it is not run again"
                 )
                 log.error("%s", problem.message)
-                self._drop(msg, failure(msg.message_id, problem))
+                self.ledger.drop(msg, failure(msg.message_id, problem))
                 return ipc.RetryResult(msg.message_id, False, problem.to_dict())
 
     def _finish(self, finishes: list[tuple[LiveMessage, ipc.Outcome]]) -> None:
@@ -561,15 +552,15 @@ class NodeCore(ShardLifecycle):
                 m.queue_wait.observe(labels, max(outcome.started_at - msg.enqueued_at, 0.0))
                 m.handler_time.observe(labels, outcome.duration_s)
             if outcome.ok:
-                self._drop_each(msg, reply_in_callers_type(msg.message_id, outcome.reply))
+                self.ledger.drop_each(msg, reply_in_callers_type(msg.message_id, outcome.reply))
             else:
-                self._drop(msg, SendResult(msg.message_id, False, error=outcome.error))
+                self.ledger.drop(msg, SendResult(msg.message_id, False, error=outcome.error))
         if again:
             asyncio.get_running_loop().call_later(LOG_RETRY_S, self._finish, again)
 
     def abandon_waiters(self) -> None:
         """At shutdown: nobody will answer the remaining waiters later, so answer now."""
-        for msg in list(self.live.values()):
+        for msg in list(self.ledger.live.values()):
             if not msg.waiters:
                 continue
             if msg.state in (State.DISPATCHED, State.INTERRUPTING):
@@ -582,22 +573,7 @@ class NodeCore(ShardLifecycle):
                     f"the node stopped before message {msg.message_id} ran; it stays in the "
                     "log and runs when the node starts again"
                 )
-            self._drop(msg, failure(msg.message_id, error), keep=True)
-
-    def _drop(self, msg: LiveMessage, result: SendResult, *, keep: bool = False) -> None:
-        self._drop_each(msg, lambda _w: result, keep=keep)
-
-    def _drop_each(
-        self, msg: LiveMessage, result_for: Callable[[Waiter], SendResult], *, keep: bool = False
-    ) -> None:
-        """Answer every waiter; unless ``keep``, forget the message (it is finished)."""
-        if not keep and self.live.pop(msg.message_id, None) is not None:
-            self._release(msg.key)
-        for waiter in msg.waiters:
-            if waiter.timer is not None:
-                waiter.timer.cancel()
-            waiter.reply(result_for(waiter))
-        msg.waiters.clear()
+            self.ledger.drop(msg, failure(msg.message_id, error), keep=True)
 
 
 def _log_failure(msg: LiveMessage, error: dict[str, Any]) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 import msgspec
 
 from aqnode import errors
-from aqnode.bus import SendResult
 from aqnode.config import NodeConfig
-from aqnode.supervisor.live import IN_FLIGHT, Admitted, LiveMessage, ShardPort, State, failure
+from aqnode.supervisor.ledger import Ledger
+from aqnode.supervisor.live import IN_FLIGHT, Admitted, LiveMessage, State, failure
 from aqnode.supervisor.metrics import NodeMetrics
 from aqnode.util.ring import HashRing, entity_key
 from aqnode.wal import Applied, Failed, InterruptEntry, LogState, Outcome, Refused, WriteAheadLog
@@ -34,53 +34,52 @@ INTERRUPT_RETRY_FLOOR = 3
 
 
 class ShardLifecycle:
-    """Mixed into :class:`~aqnode.core.NodeCore`, whose state it shares."""
+    """Driven by :class:`~aqnode.supervisor.core.NodeCore`; keeps its counts in the
+    ledger they share, and the enqueues whose outcome is unknown (``uncertain``)."""
 
-    config: NodeConfig
-    wal: WriteAheadLog
-    ring: HashRing
-    ports: list[ShardPort]
-    live: dict[str, LiveMessage]
-    workers: dict[str, int]
-    metrics: NodeMetrics
-    uncertain: list[Admitted]
-    new_entities: set[str]
-
-    def _drop(self, msg: LiveMessage, result: SendResult, *, keep: bool = False) -> None:
-        raise NotImplementedError
-
-    def _track(self, key: str) -> None:
-        raise NotImplementedError
-
-    def _deliver(self, msg: LiveMessage) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        config: NodeConfig,
+        wal: WriteAheadLog,
+        ring: HashRing,
+        ledger: Ledger,
+        metrics: NodeMetrics,
+    ) -> None:
+        self.config = config
+        self.wal = wal
+        self.ring = ring
+        self.ledger = ledger
+        self.metrics = metrics
+        #: enqueues whose commit failed on a broken connection: they may be in the log
+        #: after all, and are adopted by :meth:`adopt_uncertain` once Redis answers
+        self.uncertain: list[Admitted] = []
 
     # ---- shard lifecycle -------------------------------------------------------------
 
     def shard_up(self, shard: int, send: Callable[[Any], None]) -> None:
         """A (re)started shard is ready: it gets its queue once nothing is in flight."""
-        port = self.ports[shard]
+        port = self.ledger.ports[shard]
         port.send = send
         port.generation += 1
         port.open = False
-        self._try_open(shard)
+        self.try_open(shard)
 
-    def _try_open(self, shard: int) -> None:
+    def try_open(self, shard: int) -> None:
         """Hand a restarted shard its queued messages in log order, then let new ones flow.
 
         Waits while any of its messages is still in flight to the log: one of them might
         come back `enqueued` and must run before the entity's later messages.
         """
-        port = self.ports[shard]
+        port = self.ledger.ports[shard]
         if port.open or port.send is None:
             return
-        mine = [m for m in self.live.values() if m.shard == shard]
+        mine = [m for m in self.ledger.live.values() if m.shard == shard]
         if any(m.state in IN_FLIGHT for m in mine):
             return
         port.open = True
         for msg in mine:
             if msg.state == State.ENQUEUED:
-                self._deliver(msg)
+                self.ledger.deliver(msg)
 
     def shard_down(self, shard: int, *, read_to_the_end: bool) -> None:
         """A shard died: what it started is interrupted; the rest waits for its successor.
@@ -89,30 +88,26 @@ class ShardLifecycle:
         message without a ``Started`` provably never ran and is taken back (it runs on the
         restarted shard, in order, once). Otherwise every `dispatched` one is interrupted.
         """
-        port = self.ports[shard]
+        port = self.ledger.ports[shard]
         port.send = None
         port.open = False
         port.generation += 1
         # Its workers died with it; its queued messages are its successor's to receive.
-        for key in [k for k, s in self.workers.items() if s == shard]:
-            del self.workers[key]
+        self.ledger.workers_died(shard)
         cut_off: list[LiveMessage] = []
         never_started: list[LiveMessage] = []
-        for msg in self.live.values():
+        for msg in self.ledger.live.values():
             if msg.shard != shard:
                 continue
             msg.held = True
-            # Still counted in depth and queued_total (they are unfinished); only the
-            # worker is gone, so the entity counts as new for max_total_workers.
-            self.new_entities.add(msg.key)
             if msg.state == State.DISPATCHED:
                 (cut_off if msg.started or not read_to_the_end else never_started).append(msg)
-        self._interrupt(cut_off)
-        self._undispatch(never_started)
+        self.interrupt(cut_off)
+        self.undispatch(never_started)
 
     # ---- interrupted: dead-letter or requeue -------------------------------------------
 
-    def _interrupt(self, messages: list[LiveMessage]) -> None:
+    def interrupt(self, messages: list[LiveMessage]) -> None:
         """Dead-letter (or, with on_interrupt = "retry", requeue) messages a crash cut off."""
         if not messages:
             return
@@ -126,7 +121,7 @@ class ShardLifecycle:
             )
             retry = self._retries_on_interrupt(msg)
             if first and not retry:  # its fate is sealed: tell waiters now, not after the log
-                self._drop(msg, failure(msg.message_id, error), keep=True)
+                self.ledger.drop(msg, failure(msg.message_id, error), keep=True)
             entries.append(
                 InterruptEntry(msg.message_id, retry, msgspec.msgpack.encode(error.to_dict()))
             )
@@ -159,9 +154,9 @@ class ShardLifecycle:
                 case Applied() | Refused():
                     self._dead_lettered(msg, outcome)
         if again:
-            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._interrupt, again)
+            asyncio.get_running_loop().call_later(LOG_RETRY_S, self.interrupt, again)
         for shard in {m.shard for m in messages}:
-            self._try_open(shard)
+            self.try_open(shard)
 
     def _dead_lettered(self, msg: LiveMessage, outcome: Applied | Refused) -> None:
         """An interrupt that did not requeue: the message is over (or was not `dispatched`
@@ -178,7 +173,7 @@ class ShardLifecycle:
             )
         else:
             log.error("interrupting %s: it was %s in the log", msg.message_id, outcome.state)
-        self._drop(
+        self.ledger.drop(
             msg,
             failure(
                 msg.message_id,
@@ -193,18 +188,18 @@ class ShardLifecycle:
         (else the shard still has it at the head of its queue, or `_try_open` will)."""
         msg.state = State.ENQUEUED
         msg.started = False
-        port = self.ports[msg.shard]
+        port = self.ledger.ports[msg.shard]
         if msg.held and port.open and port.send is not None:
-            self._deliver(msg)
+            self.ledger.deliver(msg)
 
     # ---- never started: take the dispatched mark back ----------------------------------
 
-    def _undispatch(self, messages: list[LiveMessage]) -> None:
+    def undispatch(self, messages: list[LiveMessage]) -> None:
         """`dispatched` in the log, but no live shard ever got the go-ahead: back to
         `enqueued`, so that the message runs in its turn instead of being dead-lettered."""
         started = [m for m in messages if m.started]
         if started:  # may have run: never taken back (at most once), interrupted instead
-            self._interrupt(started)
+            self.interrupt(started)
             messages = [m for m in messages if not m.started]
         if not messages:
             return
@@ -223,7 +218,7 @@ class ShardLifecycle:
                     self._requeued(msg)
                 case Refused(state):
                     log.error("taking back %s: it was %s in the log", msg.message_id, state)
-                    self._drop(
+                    self.ledger.drop(
                         msg,
                         failure(
                             msg.message_id,
@@ -233,9 +228,9 @@ class ShardLifecycle:
                         ),
                     )
         if again:
-            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._undispatch, again)
+            asyncio.get_running_loop().call_later(LOG_RETRY_S, self.undispatch, again)
         for shard in {m.shard for m in messages}:
-            self._try_open(shard)
+            self.try_open(shard)
 
     # ---- enqueues whose reply was lost -------------------------------------------------
 
@@ -253,19 +248,20 @@ class ShardLifecycle:
             return 0
         adopted, never_started = 0, []
         for a, state in zip(pending, states, strict=True):
-            if state not in (State.ENQUEUED, State.DISPATCHED) or a.message_id in self.live:
+            known = a.message_id in self.ledger.live
+            if state not in (State.ENQUEUED, State.DISPATCHED) or known:
                 continue
             msg = a.live_message(time.time(), State(state))
-            self.live[msg.message_id] = msg
-            self._track(a.key)
+            self.ledger.live[msg.message_id] = msg
+            self.ledger.track(a.key)
             adopted += 1
             if msg.state == State.DISPATCHED:  # the fast path wrote it so; nobody ever ran it
                 never_started.append(msg)
             else:
-                port = self.ports[a.shard]
+                port = self.ledger.ports[a.shard]
                 if port.open and port.send is not None:
-                    self._deliver(msg)
-        self._undispatch(never_started)
+                    self.ledger.deliver(msg)
+        self.undispatch(never_started)
         return adopted
 
     # ---- recovery --------------------------------------------------------------------
@@ -280,12 +276,12 @@ class ShardLifecycle:
             msg = self._recovered(fields, State(fields["state"]))
             if msg.state == State.DISPATCHED:
                 interrupted.append(msg)
-            self.live[msg.message_id] = msg
-            self._track(msg.key)
+            self.ledger.live[msg.message_id] = msg
+            self.ledger.track(msg.key)
         if interrupted:
-            self._interrupt(interrupted)
+            self.interrupt(interrupted)
             await self._settled()
-        requeued = sum(1 for m in self.live.values() if m.state == State.ENQUEUED)
+        requeued = sum(1 for m in self.ledger.live.values() if m.state == State.ENQUEUED)
         return requeued, len(interrupted)
 
     def _recovered(self, fields: dict[str, Any], state: State) -> LiveMessage:
@@ -307,5 +303,5 @@ class ShardLifecycle:
 
     async def _settled(self) -> None:
         """Wait until no message is in flight to the log (recovery's interrupts landed)."""
-        while any(m.state in IN_FLIGHT for m in self.live.values()):
+        while any(m.state in IN_FLIGHT for m in self.ledger.live.values()):
             await asyncio.sleep(0.01)

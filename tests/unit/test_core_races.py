@@ -230,7 +230,7 @@ def test_a_reply_for_a_dead_shards_bus_call_is_dropped(h: Harness) -> None:
 
 
 def _live_totals(h: Harness) -> tuple[int, dict[str, int], set[str]]:
-    return h.core.queued_total, dict(h.core.depth), set(h.core.new_entities)
+    return h.core.ledger.queued_total, dict(h.core.ledger.depth), set(h.core.ledger.new_entities)
 
 
 @in_loop
@@ -241,9 +241,9 @@ def test_a_shard_crash_does_not_count_its_live_messages_twice() -> None:
         h.send(f"a{i}", wait=False)
         _, done = h.log.take("enqueue")
         done(ok())
-    assert h.core.queued_total == 10
+    assert h.core.ledger.queued_total == 10
     h.core.shard_down(0, read_to_the_end=True)
-    assert h.core.queued_total == 10  # the same ten, still unfinished
+    assert h.core.ledger.queued_total == 10  # the same ten, still unfinished
     # The ten were `dispatched` (idle entities) but never started: taken back, then run.
     ids, undone = h.log.take("undispatch")
     undone(ok(len(ids)))
@@ -257,7 +257,7 @@ def test_a_shard_crash_does_not_count_its_live_messages_twice() -> None:
     assert _live_totals(h) == (0, {}, set())
     replies = [r for i in range(30) for r in h.send(f"b{i}", wait=False)]
     assert not [r for r in replies if not r.ok]  # nothing refused: all 30 admitted
-    assert h.core.queued_total == 30
+    assert h.core.ledger.queued_total == 30
 
 
 @in_loop
