@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from types import GenericAlias
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -180,7 +181,8 @@ ToSupervisor = (
 )
 ToShard = Welcome | Deliver | DispatchResult | RetryResult | SubmitResult | Stop
 
-T = TypeVar("T")
+In = TypeVar("In")  # the union of items this end receives
+Out = TypeVar("Out")  # the union of items this end sends
 
 
 class ProtocolError(Exception):
@@ -192,25 +194,33 @@ class TruncatedFrame(ProtocolError):
     frame was whole, so the stream was still read to its end."""
 
 
-class FrameChannel(Generic[T]):
-    """One end of a socket: ``send`` queues an item, frames go out once per loop tick."""
+class FrameChannel(Generic[In, Out]):
+    """One end of a socket: ``send`` queues an item, frames go out once per loop tick.
+
+    Made by :func:`supervisor_end` or :func:`shard_end`, which pair each direction's
+    union with the right end.
+    """
 
     def __init__(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        incoming: type[T],
+        incoming: object,
     ) -> None:
+        """``incoming``: the union ``In`` as a runtime object (a union is no ``type``)."""
         self._reader = reader
         self._writer = writer
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder: msgspec.msgpack.Decoder[list[T]] = msgspec.msgpack.Decoder(list[incoming])  # type: ignore[valid-type]
-        self._pending: list[Any] = []
+        # GenericAlias is list[incoming], spelt so that a type checker accepts a value.
+        self._decoder: msgspec.msgpack.Decoder[list[In]] = msgspec.msgpack.Decoder(
+            GenericAlias(list, (incoming,))
+        )
+        self._pending: list[Out] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._confirming: list[asyncio.Future[None]] = []
 
-    def send(self, item: Any) -> None:
+    def send(self, item: Out) -> None:
         self._pending.append(item)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -233,7 +243,7 @@ class FrameChannel(Generic[T]):
             else:
                 self._loop.create_task(self._confirm(waiting))
 
-    def _write(self, items: list[Any]) -> None:
+    def _write(self, items: list[Out]) -> None:
         buf = bytearray(_LENGTH.size)
         self._encoder.encode_into(items, buf, _LENGTH.size)
         if len(buf) - _LENGTH.size > MAX_FRAME_BYTES and len(items) > 1:
@@ -280,7 +290,7 @@ class FrameChannel(Generic[T]):
         self._flush()
         await self._writer.drain()
 
-    async def receive(self) -> list[T] | None:
+    async def receive(self) -> list[In] | None:
         """The next frame's items; ``None`` on a clean close between frames."""
         try:
             header = await self._reader.readexactly(_LENGTH.size)
@@ -309,3 +319,18 @@ class FrameChannel(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._writer.is_closing()
+
+
+#: The supervisor's end receives ToSupervisor and sends ToShard; a shard's, the reverse.
+SupervisorEnd = FrameChannel[ToSupervisor, ToShard]
+ShardEnd = FrameChannel[ToShard, ToSupervisor]
+
+
+def supervisor_end(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> SupervisorEnd:
+    """The supervisor's end of a shard's socket."""
+    return FrameChannel(reader, writer, ToSupervisor)
+
+
+def shard_end(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> ShardEnd:
+    """A shard's end of its socket to the supervisor."""
+    return FrameChannel(reader, writer, ToShard)

@@ -12,7 +12,7 @@ from aqnode.bus import Bus, Envelope, SendResult
 class ShardBus:
     """A shard's way to send: ``Submit`` items to the supervisor, answered by request id."""
 
-    def __init__(self, channel: ipc.FrameChannel[ipc.ToSupervisor]) -> None:
+    def __init__(self, channel: ipc.ShardEnd) -> None:
         self._channel = channel
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[SendResult]] = {}

@@ -37,7 +37,7 @@ SWEEP_INTERVAL_S = 0.25  #: seconds between idle-worker sweeps (a bound on teard
 
 
 class Shard:
-    def __init__(self, index: int, channel: ipc.FrameChannel[ipc.ToSupervisor]) -> None:
+    def __init__(self, index: int, channel: ipc.ShardEnd) -> None:
         self.index = index
         self.channel = channel
         self.bus = ShardBus(channel)
@@ -121,8 +121,7 @@ class Shard:
 async def _main(fd: int, index: int) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    channel: ipc.FrameChannel[ipc.ToSupervisor] = ipc.FrameChannel(reader, writer, ipc.ToShard)  # type: ignore[arg-type]
-    shard = Shard(index, channel)
+    shard = Shard(index, ipc.shard_end(reader, writer))
     try:
         config = await shard.boot()
     except (errors.StartupError, ipc.ProtocolError) as exc:

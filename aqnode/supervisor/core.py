@@ -88,7 +88,7 @@ class NodeCore:
 
     # ---- shards and the log, as the node sees them (lifecycle.py) ---------------------
 
-    def shard_up(self, shard: int, send: Callable[[Any], None]) -> None:
+    def shard_up(self, shard: int, send: Callable[[ipc.ToShard], None]) -> None:
         self.lifecycle.shard_up(shard, send)
 
     def shard_down(self, shard: int, *, read_to_the_end: bool) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from aqnode import errors
+from aqnode import errors, ipc
 from aqnode.config import NodeConfig
 from aqnode.supervisor.ledger import Ledger
 from aqnode.supervisor.live import IN_FLIGHT, Admitted, LiveMessage, State, failure
@@ -56,7 +56,7 @@ class ShardLifecycle:
 
     # ---- shard lifecycle -------------------------------------------------------------
 
-    def shard_up(self, shard: int, send: Callable[[Any], None]) -> None:
+    def shard_up(self, shard: int, send: Callable[[ipc.ToShard], None]) -> None:
         """A (re)started shard is ready: it gets its queue once nothing is in flight."""
         port = self.ledger.ports[shard]
         port.send = send

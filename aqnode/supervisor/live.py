@@ -6,7 +6,6 @@ import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 
@@ -122,7 +121,7 @@ class ShardPort:
     """
 
     def __init__(self) -> None:
-        self.send: Callable[[Any], None] | None = None  # None while the shard is down
+        self.send: Callable[[ipc.ToShard], None] | None = None  # None while the shard is down
         self.generation = 0
         self.open = False
 

@@ -14,7 +14,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psutil
 
@@ -47,7 +46,7 @@ class ShardLink:
         self._shard_count = shard_count
         self._on_items = on_items
         self.process: Child | None = None
-        self.channel: ipc.FrameChannel[ipc.ToSupervisor] | None = None
+        self.channel: ipc.SupervisorEnd | None = None
         self.ready = False
         self.catalogue: list[MessageEntry] = []  #: what the shard handles (from Ready)
         self.exited = False  # the process is gone; its last frames are still being read
@@ -96,13 +95,13 @@ class ShardLink:
             theirs.close()
         self.started_at = time.monotonic()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        self.channel = ipc.FrameChannel(reader, writer, ipc.ToSupervisor)  # type: ignore[arg-type]
+        self.channel = ipc.supervisor_end(reader, writer)
         await self._handshake(self.channel)
         self.ready = True
         self.last_heartbeat = time.monotonic()
         self._reader = asyncio.get_running_loop().create_task(self._read(self.channel))
 
-    async def _handshake(self, channel: ipc.FrameChannel[ipc.ToSupervisor]) -> None:
+    async def _handshake(self, channel: ipc.SupervisorEnd) -> None:
         """Hello within HELLO_TIMEOUT_S (a fresh interpreter), Ready within READY_TIMEOUT_S
         (the handler imports); a shard that overstays either is given up on."""
         try:
@@ -129,7 +128,7 @@ class ShardLink:
                     self.catalogue = item.catalogue
                     return
 
-    async def _read(self, channel: ipc.FrameChannel[ipc.ToSupervisor]) -> None:
+    async def _read(self, channel: ipc.SupervisorEnd) -> None:
         while True:
             try:
                 frame = await channel.receive()
@@ -170,7 +169,7 @@ class ShardLink:
         self.last_heartbeat = now
         self.workers, self.queue_depth, self.handled = item.workers, item.queue_depth, item.handled
 
-    def send(self, item: Any) -> None:
+    def send(self, item: ipc.ToShard) -> None:
         if self.channel is not None:
             self.channel.send(item)
 

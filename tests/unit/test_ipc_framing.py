@@ -50,7 +50,7 @@ def frame(body: bytes) -> bytes:
 class Streams:
     """Both ends of a socket pair: a FrameChannel on ``a``, raw asyncio streams on ``b``."""
 
-    channel: FrameChannel[Any]
+    channel: FrameChannel[Any, Any]
     reader: asyncio.StreamReader
     peer_reader: asyncio.StreamReader
     peer_writer: asyncio.StreamWriter
@@ -78,15 +78,15 @@ class Streams:
                 await closing.wait_closed()
 
 
-async def channel_pair() -> tuple[FrameChannel[Any], FrameChannel[Any]]:
+async def channel_pair() -> tuple[ipc.SupervisorEnd, ipc.ShardEnd]:
     """(supervisor end, shard end) as the node wires them."""
     a, b = socket.socketpair()
-    sup = FrameChannel(*(await asyncio.open_unix_connection(sock=a)), ipc.ToSupervisor)
-    shard = FrameChannel(*(await asyncio.open_unix_connection(sock=b)), ipc.ToShard)
+    sup = ipc.supervisor_end(*(await asyncio.open_unix_connection(sock=a)))
+    shard = ipc.shard_end(*(await asyncio.open_unix_connection(sock=b)))
     return sup, shard
 
 
-async def close_all(*channels: FrameChannel[Any]) -> None:
+async def close_all(*channels: FrameChannel[Any, Any]) -> None:
     for channel in channels:
         channel.close()
     for channel in channels:
@@ -377,7 +377,7 @@ def test_an_undecodable_body_is_a_protocol_error(run: Run[Any], body: bytes) -> 
 # ---- resets --------------------------------------------------------------------------
 
 
-async def _reset_pair() -> tuple[FrameChannel[Any], asyncio.StreamReader, socket.socket]:
+async def _reset_pair() -> tuple[FrameChannel[Any, Any], asyncio.StreamReader, socket.socket]:
     """A channel whose bare peer socket holds unread data, so that closing the peer makes
     the kernel report ECONNRESET (not EOF) on the channel's side."""
     a, b = socket.socketpair()
