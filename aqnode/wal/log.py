@@ -22,12 +22,11 @@ from importlib import resources
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-import redis.exceptions as redis_errors
 
 from aqnode import errors
 from aqnode.wal import resp
 from aqnode.wal.keys import LogKeys
-from aqnode.wal.redis_errors import translated
+from aqnode.wal.redis_errors import SCRIPT_MISSING, UNREACHABLE, translate, translated
 
 log = logging.getLogger("aqnode.wal")
 
@@ -235,7 +234,7 @@ class WriteAheadLog:
             await self._load_scripts()
         try:
             return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
+        except SCRIPT_MISSING:
             await self._load_scripts()
             return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
 
@@ -317,11 +316,10 @@ class WriteAheadLog:
         return done
 
     def _failed(self, spans: list[tuple[_Request, int, int]], exc: BaseException) -> None:
+        # Anything but Redis away (a bug of ours, a garbled reply) is the log's own failure.
         error = (
-            errors.RedisUnavailable(
-                f"Redis did not answer ({exc}); nothing was written, try again when it is back"
-            )
-            if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError)
+            translate(exc, then="nothing was written, try again when it is back")
+            if isinstance(exc, UNREACHABLE)
             else errors.AqError(f"the write-ahead log failed: {exc}")
         )
         for request, _, _ in spans:
@@ -397,8 +395,9 @@ def outcome_of(kind: str, reply: list[Any] | Exception, index: int) -> Outcome:
     """The outcome of item ``index`` of one EVAL of script ``kind``, from its ``reply``: a
     script that failed fails every item of its chunk; else 1 (or enqueue's sequence
     number) means applied and a state means refused (each script's header in ``lua/``)."""
-    if isinstance(reply, Exception):
-        return Failed(_translate(reply))
+    if isinstance(reply, Exception):  # a script's error reply (MISCONF, OOM, READONLY, ...):
+        # nothing of it is known to have applied, so it is tried again like an outage
+        return Failed(translate(reply, refused="the write-ahead log's transition"))
     value = reply[index]
     if isinstance(value, int):
         return Applied(seq=value if kind == "enqueue" else 0)
@@ -406,12 +405,6 @@ def outcome_of(kind: str, reply: list[Any] | Exception, index: int) -> Outcome:
     if kind == "interrupt" and state in INTERRUPT_TARGETS:
         return Applied(to=state)
     return Refused(state)
-
-
-def _translate(exc: Exception) -> errors.AqError:
-    """A script's error reply (MISCONF, OOM, READONLY, ...): nothing of it is known to
-    have applied, so callers treat it like an outage of that transition and try again."""
-    return errors.RedisUnavailable(f"Redis refused the write-ahead log's transition: {exc}")
 
 
 def _call(done: Callback, outcomes: list[Outcome]) -> None:

@@ -1,9 +1,13 @@
-"""The one place where redis-py's exceptions become aqnode's: Redis away is REDIS_UNAVAILABLE."""
+"""The one place where redis-py's exceptions become aqnode's: Redis away is REDIS_UNAVAILABLE.
+
+The rest of ``wal/`` names redis-py's exception classes only through this module.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
 
 import redis.exceptions as redis_exc
 
@@ -16,6 +20,32 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+#: what a Redis that answered raises: an error reply (MISCONF, OOM, READONLY, ...) and
+#: the rest of redis-py's failures
+REFUSED: Final = redis_exc.RedisError
+#: one command's error reply; in a pipeline it stands in that command's place
+ERROR_REPLY: Final = redis_exc.ResponseError
+#: EVALSHA of a script this Redis does not hold (it restarted): load it again
+SCRIPT_MISSING: Final = redis_exc.NoScriptError
+#: every failure of a call to Redis, answered or not
+FAILURES: tuple[type[BaseException], ...] = (*UNREACHABLE, REFUSED)
+
+
+def translate(
+    exc: BaseException,
+    what: str = "Redis",
+    *,
+    then: str = "try again",
+    refused: str = "the command",
+) -> errors.RedisUnavailable:
+    """``exc``, one of UNREACHABLE or REFUSED, as :class:`errors.RedisUnavailable`.
+
+    ``then`` ends the sentence for an unanswered call; ``refused`` names what a Redis
+    that answered refused.
+    """
+    if isinstance(exc, UNREACHABLE):
+        return errors.RedisUnavailable(f"{what} did not answer ({exc}); {then}")
+    return errors.RedisUnavailable(f"{what} refused {refused}: {exc}")
 
 
 @contextmanager
@@ -23,7 +53,5 @@ def translated(what: str = "Redis") -> Iterator[None]:
     """Re-raise redis-py failures inside the block as :class:`errors.RedisUnavailable`."""
     try:
         yield
-    except UNREACHABLE as exc:
-        raise errors.RedisUnavailable(f"{what} did not answer ({exc}); try again") from exc
-    except redis_exc.RedisError as exc:
-        raise errors.RedisUnavailable(f"{what} refused the command: {exc}") from exc
+    except FAILURES as exc:
+        raise translate(exc, what) from exc

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions as redis_errors
+
+from aqnode.wal.redis_errors import ERROR_REPLY
 
 Arg = bytes | str | int
 
@@ -86,7 +87,7 @@ class PipelinedConnection:
                 for _ in range(count):
                     try:
                         replies.append(await conn.read_response())
-                    except redis_errors.ResponseError as exc:
+                    except ERROR_REPLY as exc:
                         replies.append(exc)
                 self._waiting.popleft()
                 if not future.done():
