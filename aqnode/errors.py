@@ -2,6 +2,8 @@
 
 Every error has a stable ``code`` (SPEC section 8) and a sentence a person can act on.
 ``to_dict``/``from_dict`` let an error cross the shard socket and the network intact.
+:class:`AqnodeError` sits above it and above the node's own failures that never reach
+a client (:class:`StartupError`, ``ipc.ProtocolError``): one root for all of aqnode.
 """
 
 from __future__ import annotations
@@ -30,8 +32,12 @@ INTERNAL = "INTERNAL"
 UNAVAILABLE = "UNAVAILABLE"
 
 
-class AqError(Exception):
-    """The root of every aqnode error; ``code`` is stable, ``message`` is for people."""
+class AqnodeError(Exception):
+    """The root of every exception aqnode raises on purpose."""
+
+
+class AqError(AqnodeError):
+    """The root of every error a client sees; ``code`` is stable, ``message`` is for people."""
 
     default_code: ClassVar[str] = INTERNAL
 
@@ -138,8 +144,12 @@ class PayloadTooLarge(AqError):
     default_code = PAYLOAD_TOO_LARGE
 
 
-class StartupError(Exception):
-    """The node cannot start: bad handlers, bad config, a missing dependency."""
+class StartupError(AqnodeError):
+    """The node cannot start: bad handlers, bad config, a missing dependency.
+
+    Not an :class:`AqError`: it has no code, is printed as it is (no ``CODE:`` prefix)
+    and must not be caught by the handlers of client errors.
+    """
 
 
 _BY_CODE: dict[str, type[AqError]] = {

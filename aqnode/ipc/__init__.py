@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from aqnode.errors import AqnodeError
 from aqnode.wiretypes import MessageEntry
 
 PROTOCOL_VERSION = 1
@@ -185,8 +186,8 @@ In = TypeVar("In")  # the union of items this end receives
 Out = TypeVar("Out")  # the union of items this end sends
 
 
-class ProtocolError(Exception):
-    """The peer sent something that is not a valid frame."""
+class ProtocolError(AqnodeError):
+    """The peer sent something that is not a valid frame (never reaches a client)."""
 
 
 class TruncatedFrame(ProtocolError):

@@ -191,3 +191,19 @@ def test_every_error_is_an_exception_that_can_be_raised_and_caught_as_aq_error()
         raise AqError.from_dict({"code": "SELF_WAIT", "message": "waits on itself"})
     assert isinstance(caught.value, SelfWait)
     assert caught.value.args == ("waits on itself",)
+
+
+def test_every_exception_aqnode_raises_on_purpose_shares_one_root() -> None:
+    from aqnode import ipc
+
+    for cls in (AqError, HandlerError, errors.StartupError, ipc.ProtocolError):
+        assert issubclass(cls, errors.AqnodeError), cls
+    assert issubclass(ipc.TruncatedFrame, ipc.ProtocolError)
+
+
+def test_node_failures_are_not_client_errors_and_print_without_a_code() -> None:
+    from aqnode import ipc
+
+    assert not issubclass(errors.StartupError, AqError)
+    assert not issubclass(ipc.ProtocolError, AqError)
+    assert str(errors.StartupError("cannot listen")) == "cannot listen"
