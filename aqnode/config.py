@@ -32,6 +32,7 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta
 
+from aqnode.errors import AqnodeError
 from aqnode.util.hostport import parse_host_port
 from aqnode.util.redis_url import is_sentinel, parse_sentinel_url
 
@@ -61,7 +62,7 @@ Bytes = Annotated[int, Meta(ge=1, le=1024 * 1024 * 1024)]
 AtLeastOne = Annotated[int, Meta(ge=1)]  # counts and thresholds that make no sense below 1
 
 
-class ConfigError(Exception):
+class ConfigError(AqnodeError):
     """A config file that cannot be used: `str()` is `FILE: KEY: PROBLEM` in one line.
 
     `key` is dotted (`entities.account.reply_timeout_ms`) or "" when the whole file is bad

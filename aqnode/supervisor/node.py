@@ -101,10 +101,14 @@ class Supervisor:
             entry_ttl_s=self.config.wal.entry_ttl_s,
             clock=time.time,
         )
-        await wal.start()
-        await wal.register_node()
+        try:
+            await wal.start()
+            await wal.register_node()
+            entries = await wal.live_entries()
+        except errors.RedisUnavailable as exc:
+            raise errors.StartupError(f"reading the log at start failed: {exc.message}") from None
         self.core = NodeCore(self.config, Validator(), wal, self.shard_count)
-        requeued, interrupted = await self.core.recover(await wal.live_entries())
+        requeued, interrupted = await self.core.recover(entries)
         if requeued or interrupted:
             log.info(
                 "recovered the log: %d enqueued messages will run, %d interrupted ones were "

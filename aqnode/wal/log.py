@@ -141,7 +141,8 @@ class WriteAheadLog:
         self.on_commit: Callable[[str, int], None] | None = None
 
     async def start(self) -> None:
-        await self._load_scripts()
+        with translated("Redis (loading the log's scripts)"):
+            await self._load_scripts()
 
     async def _load_scripts(self) -> None:
         for kind, source in self._sources.items():
@@ -190,10 +191,15 @@ class WriteAheadLog:
 
     async def register_node(self) -> None:
         """Record this node id, so that tools can find every node's log and dead letters."""
-        await self.redis.sadd(self.keys.nodes, self.keys.node_id)
+        with translated():
+            await self.redis.sadd(self.keys.nodes, self.keys.node_id)
 
     async def live_entries(self, chunk: int = 1000) -> list[dict[str, Any]]:
         """Every non-terminal entry, in log (sequence) order; dangling index ids dropped."""
+        with translated("Redis (reading the log)"):
+            return await self._live_entries(chunk)
+
+    async def _live_entries(self, chunk: int) -> list[dict[str, Any]]:
         ids = [_text(i) for i in await self.redis.zrange(self.keys.live, 0, -1)]
         entries: list[dict[str, Any]] = []
         dangling: list[str] = []
