@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -222,8 +222,9 @@ class WorkerPool:
         self._drain_event.set()
 
     async def _execute(self, item: ipc.Deliver) -> ipc.Outcome:
-        """Run the handler; whatever it does becomes the Outcome. Only the cancellation of
-        this worker's own task (the shard stopping) propagates."""
+        """Run the handler; whatever it does (SystemExit, a cancellation of its own task,
+        ...) becomes the Outcome: this never raises. The shard stops by exiting, never by
+        cancelling a worker, so every cancellation seen here is the handler's."""
         started_at, started = time.time(), time.perf_counter()
         try:
             spec = self._catalogue.lookup(item.entity_type, item.message)
@@ -231,15 +232,17 @@ class WorkerPool:
             reply = await self._call(spec, msg, item)
             encoded = self._encode_reply(spec, reply)
         except BaseException as exc:  # the handler's failure is the message's outcome
-            if isinstance(exc, _Escaped):
-                exc = exc.original
-            task = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
-                raise  # the worker itself is being stopped, not a handler failure
-            return _failed(item, exc, started_at, time.perf_counter() - started)
-        return ipc.Outcome(
-            item.message_id, True, encoded, None, started_at, time.perf_counter() - started
-        )
+            outcome = _failed(item, exc, started_at, time.perf_counter() - started)
+        else:
+            outcome = ipc.Outcome(
+                item.message_id, True, encoded, None, started_at, time.perf_counter() - started
+            )
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The handler cancelled the task it ran in (this worker's; nothing else ever
+            # cancels a worker): that cancellation was its own failure, not the worker's.
+            await _absorb_cancellation(task)
+        return outcome
 
     def _encode_reply(self, spec: MessageSpec, reply: Any) -> bytes:
         """The reply as msgpack, checked against the message's reply type and size."""
@@ -272,9 +275,9 @@ class WorkerPool:
             )
             args = (msg, ctx)
         if spec.is_async:
-            # Its own task: a handler that cancels "itself" cancels only that task, and
-            # its cancellation can never be mistaken for (or leak into) the worker's.
-            return await asyncio.get_running_loop().create_task(_contained(func(*args)))
+            # In the worker's own task (a task per message would cost a third of the
+            # shard's CPU): _execute turns whatever escapes into the message's outcome.
+            return await func(*args)
         # A plain def runs in a thread so that it does not stall other entities.
         return await asyncio.get_running_loop().run_in_executor(None, func, *args)
 
@@ -321,21 +324,15 @@ class ReplyTooLarge(ValueError):
     """A handler's reply is over max_reply_bytes."""
 
 
-class _Escaped(Exception):
-    """Carries a handler's SystemExit/KeyboardInterrupt/GeneratorExit out of its task:
-    asyncio re-raises the first two out of the event loop (ending the shard for one
-    message), and a task does not hand the third on to its awaiter."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(repr(original))
-        self.original = original
-
-
-async def _contained(handler: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        return await handler
-    except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
-        raise _Escaped(exc) from None
+async def _absorb_cancellation(task: asyncio.Task[Any]) -> None:
+    """Take back cancellations requested during a handler, a pending one included (it is
+    delivered at the next await, here, instead of in the worker's own code)."""
+    while task.cancelling():
+        task.uncancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(0)
+    while task.cancelling():
+        task.uncancel()
 
 
 async def _nothing_to_confirm() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import msgspec
 
 from aqnode import Command, entity_type, handles
@@ -39,6 +42,39 @@ class WrongReply(Command[Reply]):
 @entity_type("odd", id_field="key")
 class Fine(Command[Reply]):
     key: str
+
+
+@entity_type("odd", id_field="key")
+class CancelAndReturn(Command[Reply]):
+    """Asks for its task's cancellation and returns without awaiting: the request is
+    still pending when the handler ends."""
+
+    key: str
+
+
+@entity_type("odd", id_field="key")
+class CancelAndSwallow(Command[Reply]):
+    key: str
+
+
+@handles(CancelAndReturn)
+async def cancel_and_return(msg: CancelAndReturn) -> Reply:
+    RUNS.append("CancelAndReturn")
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    return Reply(2)
+
+
+@handles(CancelAndSwallow)
+async def cancel_and_swallow(msg: CancelAndSwallow) -> Reply:
+    RUNS.append("CancelAndSwallow")
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):  # a handler may swallow it
+        await asyncio.sleep(1)
+    return Reply(3)
 
 
 @handles(BadStr)

@@ -90,3 +90,28 @@ def test_a_delivered_message_without_a_dispatched_mark_is_never_run_twice() -> N
     odd_errors.RUNS.clear()
     asyncio.run(main())
     assert odd_errors.RUNS == ["Fine"]
+
+
+def test_a_handler_cancelling_its_own_task_costs_nothing_to_the_messages_after_it() -> None:
+    from tests.handlers import odd_errors
+
+    async def main() -> list[Any]:
+        cfg = parse_config('handlers = ["tests.handlers.odd_errors"]\nshards = 1\n')
+        import_handler_modules(cfg.handlers)
+        pool = WorkerPool(cfg, build_catalogue({}), sent.append, None)  # type: ignore[arg-type]
+        payload = msgspec.msgpack.encode({"key": "k"})
+        names = ["CancelAndReturn", "Fine", "CancelAndSwallow", "Fine"]
+        for i, name in enumerate(names):
+            pool.deliver(ipc.Deliver(f"c{i}", "odd", name, "k", payload, 0.0, 1, True))
+        for _ in range(200):
+            if len([x for x in sent if isinstance(x, ipc.Outcome)]) == len(names):
+                break
+            await asyncio.sleep(0.01)
+        return sent
+
+    sent: list[Any] = []
+    odd_errors.RUNS.clear()
+    outcomes = [x for x in asyncio.run(main()) if isinstance(x, ipc.Outcome)]
+    assert [o.message_id for o in outcomes] == ["c0", "c1", "c2", "c3"]
+    assert [o.ok for o in outcomes] == [True, True, True, True]
+    assert odd_errors.RUNS == ["CancelAndReturn", "Fine", "CancelAndSwallow", "Fine"]
