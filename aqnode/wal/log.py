@@ -51,6 +51,9 @@ class Applied:
     to: str = ""
 
 
+APPLIED = Applied()  #: the one outcome of an applied move that carries nothing (hot path)
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     """The entry was not in the state the move needs, and was left as it was."""
@@ -406,7 +409,7 @@ def outcome_of(kind: str, reply: list[Any] | Exception, index: int) -> Outcome:
         return Failed(translate(reply, refused="the write-ahead log's transition"))
     value = reply[index]
     if isinstance(value, int):
-        return Applied(seq=value if kind == "enqueue" else 0)
+        return Applied(seq=value) if kind == "enqueue" else APPLIED
     state = _text(value)
     if kind == "interrupt" and state in INTERRUPT_TARGETS:
         return Applied(to=state)
