@@ -106,7 +106,7 @@ def _quote_conf(value: str) -> str:
 
 
 def _pdeathsig_prefix() -> list[str]:
-    # Kept apart from aqnode.supervisor.managed_redis so an import error in the package under test
+    # Kept apart from aqnode.util.managed_redis so an import error in the package under test
     # cannot take the test infrastructure down with it. setpriv, not a preexec_fn: Python
     # code between fork and exec crashes now and then in a process with gRPC threads.
     setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None

@@ -237,7 +237,7 @@ def _queue(
     """The dead-letter queue on the node's Redis. A stopped managed Redis is started until
     the command ends, unless ``node_needed``: then the node is stopped too, which is the
     problem to report."""
-    from aqnode.supervisor.managed_redis import url_for
+    from aqnode.util.managed_redis import url_for
     from aqnode.wal.dlq import DeadLetterQueue
 
     cfg = cfg or _config(config)
@@ -278,7 +278,7 @@ def _connect(url: str, *, quiet: bool = False) -> Any:
 @contextlib.contextmanager
 def _managed_redis(data_dir: Path, config_file: str) -> Iterator[str]:
     """Run the stopped node's managed redis-server until the block ends; yields its URL."""
-    from aqnode.supervisor.managed_redis import ManagedRedis, redis_dir_for
+    from aqnode.util.managed_redis import ManagedRedis, redis_dir_for
 
     where = redis_dir_for(data_dir)
     if not where.is_dir():

@@ -30,13 +30,13 @@ from aqnode import __version__, errors, ipc
 from aqnode.config import NodeConfig, encode_config
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
-from aqnode.supervisor.managed_redis import ManagedRedis
 from aqnode.supervisor.metrics import serve_metrics
 from aqnode.supervisor.shards import ShardBootFailed, ShardLink
 from aqnode.supervisor.validation import Validator
 from aqnode.util import proc as procutil
 from aqnode.util.backoff import doubling
 from aqnode.util.hostport import parse_host_port
+from aqnode.util.managed_redis import ManagedRedis
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 from aqnode.wal import LogKeys, WriteAheadLog

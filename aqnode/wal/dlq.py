@@ -19,7 +19,7 @@ import redis
 
 from aqnode import errors
 from aqnode.config import NodeConfig
-from aqnode.supervisor.managed_redis import url_for
+from aqnode.util.managed_redis import url_for
 from aqnode.wal.keys import LogKeys, nodes_key
 from aqnode.wal.log import load_lua
 

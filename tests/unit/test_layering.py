@@ -53,6 +53,11 @@ def test_the_shard_never_imports_the_log_the_supervisor_redis_or_grpc() -> None:
     assert _offenders("aqnode.shard", banned) == []
 
 
+def test_the_log_never_imports_a_process_role() -> None:
+    banned = ("aqnode.supervisor", "aqnode.shard", "aqnode.cli", "aqnode.client", "grpc")
+    assert _offenders("aqnode.wal", banned) == []
+
+
 def test_only_the_wal_package_imports_redis() -> None:
     outside = [
         f"{mod} imports {imp}"

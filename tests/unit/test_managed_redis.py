@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from aqnode.supervisor import managed_redis
-from aqnode.supervisor.managed_redis import ManagedRedis, url_for
+from aqnode.util import managed_redis
+from aqnode.util.managed_redis import ManagedRedis, url_for
 from tests.redis_fixture import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,7 +144,7 @@ def _dead(pid: int) -> bool:
 _NODE = """
 import asyncio, sys
 from pathlib import Path
-from aqnode.supervisor.managed_redis import ManagedRedis
+from aqnode.util.managed_redis import ManagedRedis
 
 async def main() -> None:
     node = ManagedRedis(Path(sys.argv[1]))
