@@ -14,7 +14,7 @@ import inspect
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -95,22 +95,7 @@ class Catalogue:
             self.entity_types.setdefault(spec.entity_type, {})[spec.name] = spec
 
     def lookup(self, entity_type: str, message: str) -> MessageSpec:
-        messages = self.entity_types.get(entity_type)
-        if messages is None:
-            known = ", ".join(sorted(self.entity_types)) or "none"
-            raise errors.ValidationFailed(
-                f"this node handles no entity type {short_repr(entity_type)} (it handles: {known})",
-                code=errors.UNKNOWN_ENTITY_TYPE,
-            )
-        spec = messages.get(message)
-        if spec is None:
-            known = ", ".join(sorted(messages))
-            raise errors.ValidationFailed(
-                f"entity type {short_repr(entity_type)} has no message {short_repr(message)} "
-                f"(it has: {known})",
-                code=errors.UNKNOWN_MESSAGE,
-            )
-        return spec
+        return lookup_in(self.entity_types, entity_type, message)
 
     def describe(self) -> list[MessageEntry]:
         """Every message as plain data, for the supervisor (which imports no user code)."""
@@ -126,6 +111,30 @@ class Catalogue:
             for messages in self.entity_types.values()
             for spec in messages.values()
         ]
+
+
+S = TypeVar("S")
+
+
+def lookup_in(entity_types: Mapping[str, Mapping[str, S]], entity_type: str, message: str) -> S:
+    """The entry for ``entity_type``.``message``, else UNKNOWN_ENTITY_TYPE or
+    UNKNOWN_MESSAGE naming what is known (the shard and the supervisor alike)."""
+    messages = entity_types.get(entity_type)
+    if messages is None:
+        known = ", ".join(sorted(entity_types)) or "none"
+        raise errors.ValidationFailed(
+            f"this node handles no entity type {short_repr(entity_type)} (it handles: {known})",
+            code=errors.UNKNOWN_ENTITY_TYPE,
+        )
+    spec = messages.get(message)
+    if spec is None:
+        known = ", ".join(sorted(messages))
+        raise errors.ValidationFailed(
+            f"entity type {short_repr(entity_type)} has no message {short_repr(message)} "
+            f"(it has: {known})",
+            code=errors.UNKNOWN_MESSAGE,
+        )
+    return spec
 
 
 def check_config_against(catalogue: Catalogue, config: NodeConfig) -> None:

@@ -21,6 +21,7 @@ from aqnode import errors
 from aqnode.api import Message
 from aqnode.bus import Bus, EntityBus, Envelope, SendResult
 from aqnode.client.status import Member, NodeStatus, ShardStatus, status_from_pb
+from aqnode.util.batching import take_frame
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 
@@ -173,7 +174,8 @@ class Client(Bus):
                 await self._outbox_ready.wait()
                 self._outbox_ready.clear()
                 while self._outbox:
-                    await stream.write(pb.ClientFrame(calls=_take_frame(self._outbox)))
+                    calls: list[pb.Call] = take_frame(self._outbox, _payload_size, FRAME_BYTES)
+                    await stream.write(pb.ClientFrame(calls=calls))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
@@ -236,18 +238,8 @@ def _check_size(env: Envelope) -> None:
         )
 
 
-def _take_frame(outbox: list[pb.Call]) -> list[pb.Call]:
-    """Calls off the front of ``outbox`` for one frame: up to FRAME_BYTES of payload (at
-    least one call), so that no frame exceeds what gRPC will send."""
-    size, count = 0, 0
-    for call in outbox:
-        size += len(call.envelope.payload)
-        if count and size > FRAME_BYTES:
-            break
-        count += 1
-    batch = outbox[:count]
-    del outbox[:count]
-    return batch
+def _payload_size(call: pb.Call) -> int:
+    return len(call.envelope.payload)
 
 
 def _result_from_pb(outcome: pb.Outcome) -> SendResult:

@@ -19,6 +19,7 @@ from aqnode import errors
 from aqnode.bus import Envelope, SendResult
 from aqnode.catalogue import JSON
 from aqnode.supervisor.core import Call, NodeCore
+from aqnode.util.batching import take_frame
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 
@@ -204,7 +205,8 @@ class AqNodeService(pb_grpc.AqNodeServicer):
                 await ready.wait()
                 ready.clear()
                 while outbox:
-                    yield pb.ServerFrame(outcomes=_take_frame(outbox))
+                    batch: list[pb.Outcome] = take_frame(outbox, _reply_size, FRAME_REPLY_BYTES)
+                    yield pb.ServerFrame(outcomes=batch)
                 if state.get("error") is not None:
                     await _abort(context, _stream_error(state["error"]))
                 if state["closed"] and state["outstanding"] <= 0 and not outbox:
@@ -213,18 +215,8 @@ class AqNodeService(pb_grpc.AqNodeServicer):
             reader.cancel()
 
 
-def _take_frame(outbox: list[pb.Outcome]) -> list[pb.Outcome]:
-    """Take outcomes off the front of ``outbox`` for one ServerFrame: replies of up to
-    FRAME_REPLY_BYTES together (at least one), so a frame stays under gRPC's size limit."""
-    size, count = 0, 0
-    for outcome in outbox:
-        size += len(outcome.reply)
-        if count and size > FRAME_REPLY_BYTES:
-            break
-        count += 1
-    batch = outbox[:count]
-    del outbox[:count]
-    return batch
+def _reply_size(outcome: pb.Outcome) -> int:
+    return len(outcome.reply)
 
 
 def _stream_error(exc: BaseException) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from aqnode import errors
-from aqnode.catalogue import CONTENT_TYPES, MSGPACK, short_repr
+from aqnode.catalogue import CONTENT_TYPES, MSGPACK, lookup_in, short_repr
 from aqnode.wiretypes import MessageEntry, rebuild, to_msgpack
 
 
@@ -52,22 +52,7 @@ class Validator:
             self.entity_types.setdefault(entry.entity_type, {})[entry.name] = WireSpec.of(entry)
 
     def lookup(self, entity_type: str, message: str) -> WireSpec:
-        messages = self.entity_types.get(entity_type)
-        if messages is None:
-            known = ", ".join(sorted(self.entity_types)) or "none"
-            raise errors.ValidationFailed(
-                f"this node handles no entity type {short_repr(entity_type)} (it handles: {known})",
-                code=errors.UNKNOWN_ENTITY_TYPE,
-            )
-        spec = messages.get(message)
-        if spec is None:
-            known = ", ".join(sorted(messages))
-            raise errors.ValidationFailed(
-                f"entity type {short_repr(entity_type)} has no message {short_repr(message)} "
-                f"(it has: {known})",
-                code=errors.UNKNOWN_MESSAGE,
-            )
-        return spec
+        return lookup_in(self.entity_types, entity_type, message)
 
     def validate(
         self, entity_type: str, message: str, entity_id: str, payload: bytes, content_type: str
