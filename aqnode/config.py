@@ -14,7 +14,7 @@ Public API:
   (use `NodeConfig.resolved_data_dir(base)`).
 - `encode_config` / `decode_config`: msgpack, for the supervisor -> shard hand-off.
 
-Cluster mode does not exist yet: `[cluster]` is parsed and checked, otherwise ignored.
+Cluster mode is partial: `[cluster]` gives membership, the master and the epoch (SPEC 10).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     wal: WalConfig = msgspec.field(default_factory=WalConfig)
     entities: dict[str, EntityConfig] = {}
-    cluster: ClusterConfig | None = None  # parsed, otherwise ignored until cluster mode exists
+    cluster: ClusterConfig | None = None  # membership, master and epoch (placement: not yet)
 
     def entity(self, name: str) -> EntityConfig:
         """The `[entities.NAME]` section, or the defaults for an entity type not configured."""

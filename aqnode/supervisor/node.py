@@ -27,6 +27,7 @@ import grpc
 import psutil
 
 from aqnode import __version__, errors, ipc
+from aqnode.cluster.membership import Membership
 from aqnode.config import NodeConfig, encode_config
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
@@ -40,6 +41,8 @@ from aqnode.util.managed_redis import ManagedRedis
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 from aqnode.wal import LogKeys, WriteAheadLog
+from aqnode.wal.group import GroupStore
+from aqnode.wal.keys import GroupKeys
 from aqnode.wal.url import log_client, ping
 
 log = logging.getLogger("aqnode.supervisor")
@@ -84,6 +87,7 @@ class Supervisor:
         self._redis: Any = None  # redis.asyncio.Redis, typed loosely: only wal/ imports redis
         self._server: grpc.aio.Server | None = None
         self.core: NodeCore | None = None
+        self.membership: Membership | None = None  # cluster mode only
         self._metrics_server: asyncio.Server | None = None
 
     # ---- start ------------------------------------------------------------------------
@@ -95,6 +99,9 @@ class Supervisor:
         self.server_id = self.config.server_id or _persistent_server_id(self.data_dir)
         await self._connect_redis()
         assert self._redis is not None
+        # A cluster member joins before it touches its log: a live process that holds
+        # this server id (and so this log) makes the start fail instead.
+        await self._join_group()
         wal = WriteAheadLog(
             self._redis,
             LogKeys(self.config.key_prefix, self.server_id),
@@ -123,6 +130,7 @@ class Supervisor:
             loop.create_task(self._health_loop()),
             loop.create_task(self._cleanup_loop()),
             loop.create_task(self._stall_loop()),
+            *([loop.create_task(self.membership.run())] if self.membership else []),
         ]
         try:
             await self._wait_first_shards()
@@ -189,6 +197,20 @@ class Supervisor:
                     log.warning("waiting for Redis at %s (%s)", url, exc.message)
                     said = True
                 await asyncio.sleep(0.2)
+
+    async def _join_group(self) -> None:
+        cluster = self.config.cluster
+        if cluster is None or not cluster.enabled:
+            return
+        store = GroupStore(
+            self._redis, GroupKeys(self.config.key_prefix, self.config.service_group)
+        )
+        address = cluster.advertised or self.config.listen
+        self.membership = Membership(store, cluster, self.server_id, address)
+        try:
+            await self.membership.join()
+        except errors.RedisUnavailable as exc:
+            raise errors.StartupError(f"joining the service group failed: {exc.message}") from None
 
     async def _start_grpc(self) -> None:
         assert self.core is not None
@@ -461,6 +483,8 @@ class Supervisor:
         if self.core is not None:
             await self.core.wal.close()
             self.core.abandon_waiters()
+        if self.membership is not None:
+            await self.membership.leave()
         if self._server is not None:
             await self._server.stop(grace=1.0)
         if self._metrics_server is not None:
@@ -506,13 +530,22 @@ class Supervisor:
                 except psutil.Error:
                     info.alive = False
             shards.append(info)
+        role, master, epoch, members = "standalone", self.server_id, 0, []
+        if self.membership is not None:
+            state = self.membership.state
+            role, master, epoch = self.membership.role, state.master, state.epoch
+            members = [
+                pb.Member(server_id=m.server_id, address=m.address, alive=m.alive, role=m.role)
+                for m in state.members
+            ]
         return pb.StatusReply(
             server_id=self.server_id,
             service_group=self.config.service_group,
             listen=self.config.listen,
-            role="standalone",
-            master=self.server_id,
-            epoch=0,
+            role=role,
+            master=master,
+            epoch=epoch,
+            members=members,
             pid=os.getpid(),
             uptime_s=time.monotonic() - self.started,
             shards=shards,

@@ -149,7 +149,7 @@ class ShardStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., alive: _Optional[bool] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., queue_depth: _Optional[int] = ..., handled: _Optional[int] = ..., restarts: _Optional[int] = ..., handled_per_s: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("server_id", "service_group", "listen", "role", "master", "epoch", "pid", "uptime_s", "shards", "live_messages", "version")
+    __slots__ = ("server_id", "service_group", "listen", "role", "master", "epoch", "pid", "uptime_s", "shards", "live_messages", "version", "members")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_GROUP_FIELD_NUMBER: _ClassVar[int]
     LISTEN_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +161,7 @@ class StatusReply(_message.Message):
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     LIVE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     service_group: str
     listen: str
@@ -172,4 +173,17 @@ class StatusReply(_message.Message):
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
     live_messages: int
     version: str
-    def __init__(self, server_id: _Optional[str] = ..., service_group: _Optional[str] = ..., listen: _Optional[str] = ..., role: _Optional[str] = ..., master: _Optional[str] = ..., epoch: _Optional[int] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., live_messages: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    def __init__(self, server_id: _Optional[str] = ..., service_group: _Optional[str] = ..., listen: _Optional[str] = ..., role: _Optional[str] = ..., master: _Optional[str] = ..., epoch: _Optional[int] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., live_messages: _Optional[int] = ..., version: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("server_id", "address", "alive", "role")
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    server_id: str
+    address: str
+    alive: bool
+    role: str
+    def __init__(self, server_id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., role: _Optional[str] = ...) -> None: ...

@@ -9,6 +9,13 @@ touches a batch of entries touches one slot and runs unchanged on Redis Cluster:
     <prefix>:{<node>}:dlq          zset     id -> dead_lettered_at, the dead-letter queue
     <prefix>:{<node>}:m:<id>       hash     one message (state, payload, times, outcome)
     <prefix>:nodes                 set      every node id that ever wrote a log here
+
+A cluster's service group has keys of its own, under the hash tag ``{grp:<group>}``, so
+that each group script touches one slot::
+
+    <prefix>:{grp:<group>}:members  zset   server id -> last heartbeat (Redis time, ms)
+    <prefix>:{grp:<group>}:info     hash   server id -> JSON {token, address, pid, started}
+    <prefix>:{grp:<group>}:epoch    hash   {epoch, master}: the recorded master and its epoch
 """
 
 from __future__ import annotations
@@ -51,3 +58,25 @@ class LogKeys:
 
     def entry(self, message_id: str) -> str:
         return f"{self.base}:m:{message_id}"
+
+
+@dataclass(frozen=True)
+class GroupKeys:
+    prefix: str
+    group: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{grp:{self.group}}}"
+
+    @property
+    def members(self) -> str:
+        return f"{self.base}:members"
+
+    @property
+    def info(self) -> str:
+        return f"{self.base}:info"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.base}:epoch"

@@ -53,6 +53,11 @@ def test_the_shard_never_imports_the_log_the_supervisor_redis_or_grpc() -> None:
     assert _offenders("aqnode.shard", banned) == []
 
 
+def test_the_cluster_never_imports_the_shard_or_grpc_stubs_of_clients() -> None:
+    banned = ("aqnode.shard", "aqnode.client", "aqnode.cli", "redis")
+    assert _offenders("aqnode.cluster", banned) == []
+
+
 def test_the_log_never_imports_a_process_role() -> None:
     banned = ("aqnode.supervisor", "aqnode.shard", "aqnode.cli", "aqnode.client", "grpc")
     assert _offenders("aqnode.wal", banned) == []

@@ -1,0 +1,169 @@
+"""Membership of a service group: heartbeats, the master every member computes, epochs.
+
+Liveness is decided in Redis, in Redis time: a member is alive while its last heartbeat
+is younger than ``node_ttl_ms``. Every member reads the same view and computes the
+master as the live member with the lowest ``server_id`` (plain string order): no lock,
+no vote. When the computed master differs from the recorded one for
+``leader_debounce_ms``, the member records it through ``group_claim.lua``, which takes a
+new epoch atomically (the first caller for a change bumps it; the others find it done).
+Roles and the epoch shown are the recorded ones, so all members report the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from aqnode import errors
+from aqnode.config import ClusterConfig
+from aqnode.wal.group import GroupStore, GroupView, Taken
+
+log = logging.getLogger("aqnode.cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    server_id: str
+    address: str
+    alive: bool
+    role: str  #: "master" or "replica"
+
+
+@dataclass(slots=True)
+class ClusterState:
+    """What this member knows of its group, as of its last view."""
+
+    master: str = ""
+    epoch: int = 0
+    members: list[MemberStatus] = field(default_factory=list)
+    viewed_at: float = 0.0  #: time.monotonic() of the last view that Redis answered
+
+    def role_of(self, server_id: str) -> str:
+        return "master" if server_id == self.master else "replica"
+
+
+class Membership:
+    def __init__(
+        self, store: GroupStore, config: ClusterConfig, server_id: str, address: str
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.server_id = server_id
+        self.address = address
+        self.token = secrets.token_hex(8)  # this process; a restart is another holder
+        self.state = ClusterState()
+        self._candidate = ""  # the master computed from the last views
+        self._candidate_since = 0.0
+
+    @property
+    def role(self) -> str:
+        return self.state.role_of(self.server_id)
+
+    async def join(self) -> None:
+        """Become a member, before the node touches its log. A previous process of this
+        server id that died is waited out (its heartbeat expires within node_ttl_ms); a
+        live one is a start-up error."""
+        ttl = self.config.node_ttl_ms
+        deadline = time.monotonic() + (ttl + 2 * self.config.heartbeat_ms) / 1000
+        said = False
+        while True:
+            result = await self._heartbeat()
+            if not isinstance(result, Taken):
+                break
+            if time.monotonic() > deadline:
+                holder = result.holder
+                raise errors.StartupError(
+                    f"server_id {self.server_id!r} is in use by a live node of service group "
+                    f"{self.store.keys.group!r} (at {holder.address or '?'}, pid "
+                    f"{holder.pid or '?'}; its heartbeat is {result.age_ms} ms old); give this "
+                    "node another server_id"
+                )
+            if not said:
+                log.warning(
+                    "server_id %s is held by another process (heartbeat %d ms old); waiting "
+                    "up to node_ttl_ms for it to expire",
+                    self.server_id,
+                    result.age_ms,
+                )
+                said = True
+            await asyncio.sleep(self.config.heartbeat_ms / 1000)
+        await self.refresh()
+        log.info(
+            "joined service group %r as %s: master %s, epoch %d",
+            self.store.keys.group,
+            self.role,
+            self.state.master or "(none yet)",
+            self.state.epoch,
+        )
+
+    async def run(self) -> None:
+        """Heartbeat and elect every heartbeat_ms until cancelled; Redis failures are
+        logged and retried (they never end the loop)."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_ms / 1000)
+            try:
+                result = await self._heartbeat()
+                if isinstance(result, Taken):
+                    log.error(
+                        "another process took server_id %s (at %s); this node is no longer "
+                        "its member",
+                        self.server_id,
+                        result.holder.address,
+                    )
+                await self.refresh()
+            except errors.RedisUnavailable as exc:
+                log.warning("cluster heartbeat failed (%s); trying again", exc.message)
+
+    async def refresh(self) -> None:
+        """Read the group, record a new master if it is due, update the state."""
+        view = await self.store.view()
+        epoch, master = view.epoch, view.master
+        computed = self._computed_master(view)
+        settled = self._settled(computed)
+        # A group with no master yet takes one at once; a change waits out the debounce.
+        if computed and computed != master and (settled or not master):
+            epoch, master = await self.store.claim(computed)
+        if master != self.state.master:
+            log.info("master of %r: %s (epoch %d)", self.store.keys.group, master, epoch)
+        self.state.epoch, self.state.master = epoch, master
+        self.state.members = self._members(view, master)
+        self.state.viewed_at = time.monotonic()
+
+    async def leave(self) -> None:
+        """Leave the group at once (a stopping node), so that others need not wait."""
+        try:
+            await self.store.leave(self.server_id, self.token)
+        except errors.RedisUnavailable as exc:
+            log.warning("could not leave the group (%s); it expires by itself", exc.message)
+
+    async def _heartbeat(self) -> int | Taken:
+        return await self.store.heartbeat(
+            self.server_id, self.token, self.address, os.getpid(), self.config.node_ttl_ms
+        )
+
+    def _computed_master(self, view: GroupView) -> str:
+        alive = sorted(m.server_id for m in view.alive(self.config.node_ttl_ms))
+        return alive[0] if alive else ""
+
+    def _settled(self, computed: str) -> bool:
+        """The same master has been computed for leader_debounce_ms."""
+        now = time.monotonic()
+        if computed != self._candidate:
+            self._candidate, self._candidate_since = computed, now
+        return now - self._candidate_since >= self.config.leader_debounce_ms / 1000
+
+    def _members(self, view: GroupView, master: str) -> list[MemberStatus]:
+        ttl = self.config.node_ttl_ms
+        return [
+            MemberStatus(
+                m.server_id,
+                m.address,
+                view.now_ms - m.last_heartbeat_ms < ttl,
+                "master" if m.server_id == master else "replica",
+            )
+            for m in sorted(view.members, key=lambda m: m.server_id)
+        ]
