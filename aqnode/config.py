@@ -57,8 +57,9 @@ __all__ = [
 PositiveMs = Annotated[int, Meta(gt=0)]  # a timeout/interval in milliseconds, > 0
 NonNegMs = Annotated[int, Meta(ge=0)]  # a delay in milliseconds, 0 = none
 Limit = Annotated[int, Meta(ge=0)]  # a depth/count limit, 0 = unbounded
-#: a size in bytes; at most 1 GiB, far above what one gRPC message or IPC frame carries
-Bytes = Annotated[int, Meta(ge=1, le=1024 * 1024 * 1024)]
+#: a size in bytes; at most 128 MiB, so that one payload or reply always fits in one
+#: frame between supervisor and shard (ipc.MAX_FRAME_BYTES is 256 MiB)
+Bytes = Annotated[int, Meta(ge=1, le=128 * 1024 * 1024)]
 AtLeastOne = Annotated[int, Meta(ge=1)]  # counts and thresholds that make no sense below 1
 
 

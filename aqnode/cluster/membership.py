@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aqnode import errors
@@ -48,9 +49,15 @@ class ClusterState:
 
 class Membership:
     def __init__(
-        self, store: GroupStore, config: ClusterConfig, server_id: str, address: str
+        self,
+        store: GroupStore,
+        config: ClusterConfig,
+        server_id: str,
+        address: str,
+        lost: Callable[[str], None],
     ) -> None:
         self.store = store
+        self._lost = lost  # called when another process took this server id: stop now
         self.config = config
         self.server_id = server_id
         self.address = address
@@ -108,15 +115,19 @@ class Membership:
             try:
                 result = await self._heartbeat()
                 if isinstance(result, Taken):
-                    log.error(
-                        "another process took server_id %s (at %s); this node is no longer "
-                        "its member",
-                        self.server_id,
-                        result.holder.address,
+                    # Another process holds this id (and so this node's log): two writers
+                    # of one log could run a message twice. This one stops, saying why.
+                    self._lost(
+                        f"another process took server_id {self.server_id!r} (at "
+                        f"{result.holder.address or '?'}, pid {result.holder.pid or '?'}) "
+                        "while this node could not renew its membership; stopping"
                     )
+                    return
                 await self.refresh()
             except errors.RedisUnavailable as exc:
                 log.warning("cluster heartbeat failed (%s); trying again", exc.message)
+            except Exception:  # a bug must not silently end the membership (a dead node)
+                log.exception("cluster heartbeat failed; trying again")
 
     async def refresh(self) -> None:
         """Read the group, record a new master if it is due, update the state."""

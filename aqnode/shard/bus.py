@@ -16,10 +16,17 @@ class ShardBus:
         self._channel = channel
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[SendResult]] = {}
+        self.max_payload_bytes = 4 * 1024 * 1024  #: the config's, set once it is known
 
     async def send(
         self, envelopes: list[Envelope], *, wait: bool, timeout: float | None, caller: str
     ) -> list[SendResult]:
+        for env in envelopes:  # checked here: a frame the supervisor refuses ends the shard
+            if len(env.payload) > self.max_payload_bytes:
+                raise errors.PayloadTooLarge(
+                    f"the payload is {len(env.payload)} bytes, over max_payload_bytes = "
+                    f"{self.max_payload_bytes}; nothing was sent"
+                )
         loop = asyncio.get_running_loop()
         futures = []
         timeout_ms = int(timeout * 1000) if timeout else 0

@@ -60,6 +60,7 @@ class Shard:
     def start_pool(self, config: NodeConfig) -> None:
         catalogue = build_catalogue({n: e.default_entity_id for n, e in config.entities.items()})
         check_config_against(catalogue, config)
+        self.bus.max_payload_bytes = config.max_payload_bytes
         self.catalogue = catalogue
         self.pool = WorkerPool(config, catalogue, self.channel.send, self.bus, self.channel.confirm)
 

@@ -25,6 +25,7 @@ from aqnode.config import NodeConfig
 from aqnode.supervisor.ledger import Ledger
 from aqnode.supervisor.lifecycle import LOG_RETRY_S, ShardLifecycle
 from aqnode.supervisor.live import (
+    TAKING_BACK,
     Admitted,
     Call,
     LiveMessage,
@@ -268,7 +269,11 @@ class NodeCore:
         self.ledger.live[a.message_id] = msg
         port = self.ledger.ports[a.shard]
         never_started = a.dispatch and port.generation != a.generation
-        if not never_started and port.open and port.send is not None:
+        if never_started:
+            # It goes back to `enqueued` before it runs; until then nothing of its shard
+            # may overtake it (try_open re-opens the port in log order once it is back).
+            port.open = False
+        elif port.open and port.send is not None:
             self.ledger.deliver(msg)
         if a.call.wait:
             self._add_waiter(msg, a.call)
@@ -369,8 +374,17 @@ class NodeCore:
                 if msg is not None:
                     msg.started = True
             elif isinstance(item, ipc.Dispatch):
-                dispatches.append(item.message_id)
                 msg = self.ledger.live.get(item.message_id)
+                if msg is not None and msg.state in TAKING_BACK:
+                    # Its mark is being taken back (or it is being interrupted): a
+                    # dispatch now could be undone by that transition's retry while the
+                    # handler runs. Not now; the worker asks again, the message keeps
+                    # its place.
+                    port_send = port.send
+                    if port_send is not None:
+                        port_send(ipc.DispatchResult(item.message_id, False, None, again=True))
+                    continue
+                dispatches.append(item.message_id)
                 if msg is not None:
                     msg.state = State.DISPATCHING
             elif isinstance(item, ipc.Retry):
@@ -566,7 +580,14 @@ class NodeCore:
         for msg in list(self.ledger.live.values()):
             if not msg.waiters:
                 continue
-            if msg.state in (State.DISPATCHED, State.INTERRUPTING):
+            # FINISHING / RETRYING: it ran, its outcome never became durable; the next
+            # start finds it `dispatched` and dead-letters it.
+            if msg.state in (
+                State.DISPATCHED,
+                State.INTERRUPTING,
+                State.FINISHING,
+                State.RETRYING,
+            ):
                 error: errors.AqError = errors.Interrupted(
                     f"the node stopped while message {msg.message_id} may have been running; "
                     "it will be dead-lettered, not run again"

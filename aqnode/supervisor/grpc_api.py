@@ -227,7 +227,7 @@ def _stream_error(exc: BaseException) -> dict[str, Any]:
     ).to_dict()
 
 
-#: characters of each text field of an error that go into gRPC metadata: gRPC may refuse
+#: bytes of each text field of an error that go into gRPC metadata: gRPC may refuse
 #: more than 8 KiB of metadata (base64 makes binary values a third larger), and a refused
 #: error would lose its code. The full texts still go to the log and the dead letter.
 METADATA_TEXT_LIMITS = {"message": 500, "remote_message": 500, "remote_traceback": 2500}
@@ -241,19 +241,24 @@ async def _abort(context: Any, error: dict[str, Any] | None) -> None:
         f"{code}: {error.get('message', '')}",
         trailing_metadata=(
             (CODE_METADATA, code),
-            (ERROR_METADATA, json.dumps(error).encode()),
+            (ERROR_METADATA, json.dumps(error, ensure_ascii=False).encode()),
         ),
     )
 
 
 def _bounded(error: dict[str, Any]) -> dict[str, Any]:
-    """The error with long texts cut (saying so), small enough for gRPC metadata."""
+    """The error with long texts cut (saying so), small enough for gRPC metadata: limits
+    in UTF-8 bytes, so that no alphabet makes it larger."""
     bounded = dict(error)
-    for key, limit in METADATA_TEXT_LIMITS.items():
-        text = bounded.get(key)
-        if isinstance(text, str) and len(text) > limit:
-            bounded[key] = text[:limit] + f"... [{len(text) - limit} more characters cut]"
     for key, value in list(bounded.items()):
-        if key not in METADATA_TEXT_LIMITS and isinstance(value, str) and len(value) > 200:
-            bounded[key] = value[:200] + "..."
+        if isinstance(value, str):
+            bounded[key] = _cut(value, METADATA_TEXT_LIMITS.get(key, 200))
     return bounded
+
+
+def _cut(text: str, limit: int) -> str:
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    kept = data[:limit].decode("utf-8", "ignore")
+    return f"{kept}... [{len(data) - limit} more bytes cut]"

@@ -77,8 +77,8 @@ class ShardLifecycle:
         if any(m.state in IN_FLIGHT for m in mine):
             return
         port.open = True
-        for msg in mine:
-            if msg.state == State.ENQUEUED:
+        for msg in mine:  # in log order; what the shard already has is not sent again
+            if msg.state == State.ENQUEUED and msg.held:
                 self.ledger.deliver(msg)
 
     def shard_down(self, shard: int, *, read_to_the_end: bool) -> None:
@@ -214,7 +214,8 @@ class ShardLifecycle:
             match outcome:
                 case Failed():
                     again.append(msg)
-                case Applied():
+                case Applied() | Refused(LogState.ENQUEUED):
+                    # Refused(enqueued): an earlier try landed, its reply lost.
                     self._requeued(msg)
                 case Refused(state):
                     log.error("taking back %s: it was %s in the log", msg.message_id, state)
@@ -228,9 +229,19 @@ class ShardLifecycle:
                         ),
                     )
         if again:
-            asyncio.get_running_loop().call_later(LOG_RETRY_S, self.undispatch, again)
+            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._undispatch_again, again)
         for shard in {m.shard for m in messages}:
             self.try_open(shard)
+
+    def _undispatch_again(self, messages: list[LiveMessage]) -> None:
+        """Retry only what is still being taken back and still live."""
+        self.undispatch(
+            [
+                m
+                for m in messages
+                if m.state == State.UNDISPATCHING and self.ledger.live.get(m.message_id) is m
+            ]
+        )
 
     # ---- enqueues whose reply was lost -------------------------------------------------
 

@@ -35,6 +35,10 @@ class State(enum.StrEnum):
 IN_FLIGHT: frozenset[State] = frozenset(
     {State.DISPATCHING, State.RETRYING, State.INTERRUPTING, State.UNDISPATCHING}
 )
+#: a `dispatched` mark being taken back or an interruption in flight: a Dispatch asked
+#: meanwhile is answered "again", never sent to the log (a retry of the transition could
+#: otherwise undo a mark the worker was told to use)
+TAKING_BACK: frozenset[State] = frozenset({State.UNDISPATCHING, State.INTERRUPTING})
 
 
 @dataclass(slots=True)

@@ -83,6 +83,7 @@ class Supervisor:
         self._stopping = False
         self.dead_letters = 0  #: waiting in the dead-letter queue, as of the last cleanup
         self._served = False  # gRPC was up: a halt now is EXIT_HALTED, not EXIT_CANNOT_START
+        self._stop_before_serving = False  # a signal came while the shards were starting
         self._managed: ManagedRedis | None = None
         self._redis: Any = None  # redis.asyncio.Redis, typed loosely: only wal/ imports redis
         self._server: grpc.aio.Server | None = None
@@ -134,7 +135,7 @@ class Supervisor:
         ]
         try:
             await self._wait_first_shards()
-            if self.fatal is None:
+            if self.fatal is None and not self._stop_before_serving:
                 await self._start_metrics()
                 await self._start_grpc()
                 self._served = True
@@ -206,7 +207,7 @@ class Supervisor:
             self._redis, GroupKeys(self.config.key_prefix, self.config.service_group)
         )
         address = cluster.advertised or self.config.listen
-        self.membership = Membership(store, cluster, self.server_id, address)
+        self.membership = Membership(store, cluster, self.server_id, address, self._halt)
         try:
             await self.membership.join()
         except errors.RedisUnavailable as exc:
@@ -305,10 +306,13 @@ class Supervisor:
         while self.fatal is None and not all(s.link and s.link.ready for s in self.slots):
             self._wake.set()
             try:
-                await asyncio.wait_for(self._events.get(), 0.05)
-                return  # a signal or a fatal error during start
+                event = await asyncio.wait_for(self._events.get(), 0.05)
             except TimeoutError:
                 continue
+            if event in ("SIGTERM", "SIGINT"):
+                log.info("%s while starting: stopping", event)
+                self._stop_before_serving = True
+            return  # a signal or a fatal error during start
 
     async def _reconcile_loop(self) -> None:
         while not self._stopping:

@@ -152,7 +152,10 @@ class ShardLink:
                 else:
                     items.append(item)
             if items:
-                self._on_items(self.index, items)
+                try:
+                    self._on_items(self.index, items)
+                except Exception:  # a bug of ours: log it, keep reading (outcomes follow)
+                    log.exception("shard %d: handling its frame failed", self.index)
 
     def _heartbeat(self, item: ipc.Heartbeat) -> None:
         now = time.monotonic()

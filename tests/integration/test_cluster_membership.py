@@ -150,3 +150,27 @@ def test_status_json_shows_the_group(tmp_path: Path, redis_url: str, flag: str) 
             ("j2", True, "replica"),
         ]
         assert all(m["address"] for m in doc["members"])
+
+
+def test_a_node_whose_server_id_was_taken_while_it_was_paused_stops(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Found in review: a node paused past node_ttl_ms, replaced by a new process with
+    its server_id (and so its log), kept serving when it resumed: two writers of one log."""
+    with running_node(
+        tmp_path / "old", redis_url, server_id="p1", shards=1, cluster=CLUSTER
+    ) as old:
+        wait_for(lambda: agreed([old], "p1", {"p1"}), timeout=15)
+        os.killpg(old.proc.pid, signal.SIGSTOP)
+        try:
+            with running_node(
+                tmp_path / "new", redis_url, server_id="p1", shards=1, cluster=CLUSTER
+            ) as new:
+                wait_for(lambda: agreed([new], "p1", {"p1"}), timeout=15)
+                os.killpg(old.proc.pid, signal.SIGCONT)
+                assert old.proc.wait(30) == 1, old.log()
+                assert "another process took server_id 'p1'" in old.log()
+                assert status(new) is not None and new.proc.poll() is None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(old.proc.pid, signal.SIGCONT)
