@@ -239,7 +239,7 @@ def _check_size(env: Envelope) -> None:
 
 
 def _payload_size(call: pb.Call) -> int:
-    return len(call.envelope.payload)
+    return int(call.ByteSize())
 
 
 def _result_from_pb(outcome: pb.Outcome) -> SendResult:

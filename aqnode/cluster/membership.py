@@ -137,7 +137,7 @@ class Membership:
         settled = self._settled(computed)
         # A group with no master yet takes one at once; a change waits out the debounce.
         if computed and computed != master and (settled or not master):
-            epoch, master = await self.store.claim(computed)
+            epoch, master = await self.store.claim(computed, view.epoch)
         if master != self.state.master:
             log.info("master of %r: %s (epoch %d)", self.store.keys.group, master, epoch)
         self.state.epoch, self.state.master = epoch, master

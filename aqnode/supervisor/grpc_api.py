@@ -216,7 +216,7 @@ class AqNodeService(pb_grpc.AqNodeServicer):
 
 
 def _reply_size(outcome: pb.Outcome) -> int:
-    return len(outcome.reply)
+    return int(outcome.ByteSize())  # the reply, and failure texts, which can be large too
 
 
 def _stream_error(exc: BaseException) -> dict[str, Any]:

@@ -90,9 +90,10 @@ class GroupStore:
         ]
         return GroupView(now, epoch, master, members)
 
-    async def claim(self, master: str) -> tuple[int, str]:
-        """Record ``master`` (a new epoch if it changed); the recorded (epoch, master)."""
-        reply = await self._eval("group_claim", [self.keys.epoch], master)
+    async def claim(self, master: str, seen_epoch: int) -> tuple[int, str]:
+        """Record ``master`` (a new epoch if it changed) if the recorded epoch is still
+        ``seen_epoch``; the recorded (epoch, master) either way."""
+        reply = await self._eval("group_claim", [self.keys.epoch], master, seen_epoch)
         return int(reply[0]), _text(reply[1])
 
     async def leave(self, server_id: str, token: str) -> bool:

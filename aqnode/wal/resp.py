@@ -89,6 +89,8 @@ class PipelinedConnection:
                         replies.append(await conn.read_response())
                     except ERROR_REPLY as exc:
                         replies.append(exc)
+                if conn is not self._conn:  # abandoned meanwhile: the new queue is not ours
+                    return
                 self._waiting.popleft()
                 if not future.done():
                     future.set_result(replies)
