@@ -181,8 +181,11 @@ class Client(Bus):
         except grpc.aio.AioRpcError as exc:
             self._broken(rpc_error(exc, self.address))
         except Exception as exc:
+            # A write that fails because the node ended the stream: its status says why
+            # (UNAUTHENTICATED, say), which the read side may not have seen yet.
             self._broken(
-                errors.AqError(
+                await _ended_with(stream, self.address)
+                or errors.AqError(
                     f"the stream to {self.address} failed: {exc}", code=errors.UNAVAILABLE
                 )
             )
@@ -269,21 +272,40 @@ _TRANSPORT_FAILURES = frozenset(
 
 def rpc_error(exc: grpc.aio.AioRpcError, address: str) -> errors.AqError:
     """A gRPC failure as an AqError: the node's own code when it sent one."""
-    for key, value in exc.trailing_metadata() or ():
+    return status_error(exc.code(), exc.details() or "", exc.trailing_metadata(), address)
+
+
+def status_error(
+    code: grpc.StatusCode, details: str, metadata: Any, address: str
+) -> errors.AqError:
+    for key, value in metadata or ():
         if key == "aq-error-bin":
             raw = value if isinstance(value, bytes) else str(value).encode()
             return errors.AqError.from_dict(json.loads(raw))
-    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return errors.PayloadTooLarge(
-            f"{address} refused the call as too large ({exc.details()}); send less"
+            f"{address} refused the call as too large ({details}); send less"
         )
-    if exc.code() in _TRANSPORT_FAILURES:
+    if code in _TRANSPORT_FAILURES:
         return errors.AqError(
-            f"cannot reach an aqnode at {address} ({exc.details()}); "
-            "is `aqnode serve` running there?",
+            f"cannot reach an aqnode at {address} ({details}); is `aqnode serve` running there?",
             code=errors.UNAVAILABLE,
         )
-    return errors.AqError(f"{address}: {exc.code().name}: {exc.details()}", code=errors.INTERNAL)
+    return errors.AqError(f"{address}: {code.name}: {details}", code=errors.INTERNAL)
+
+
+STATUS_WAIT_S = 1.0  #: seconds to wait for an ended stream's status after a failed write
+
+
+async def _ended_with(stream: Any, address: str) -> errors.AqError | None:
+    """The error an ended stream's status carries, or None if it has none (yet)."""
+    try:
+        code = await asyncio.wait_for(stream.code(), STATUS_WAIT_S)
+        if code == grpc.StatusCode.OK:
+            return None
+        return status_error(code, await stream.details(), await stream.trailing_metadata(), address)
+    except Exception:  # no status to be had: the caller reports the write's own failure
+        return None
 
 
 _background: asyncio.AbstractEventLoop | None = None

@@ -101,6 +101,14 @@ class NodeCore:
     async def adopt_uncertain(self) -> int:
         return await self.lifecycle.adopt_uncertain()
 
+    async def settled(self, timeout: float) -> bool:
+        """Wait until no transition is in flight to the log; False if time ran out."""
+        try:
+            await asyncio.wait_for(self.lifecycle.settle(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def learn(self, catalogue: list[MessageEntry]) -> None:
         """What the node handles, as the first ready shard described it (no user code)."""
         self.validator = Validator(catalogue)

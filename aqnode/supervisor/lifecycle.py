@@ -291,7 +291,7 @@ class ShardLifecycle:
             self.ledger.track(msg.key)
         if interrupted:
             self.interrupt(interrupted)
-            await self._settled()
+            await self.settle()
         requeued = sum(1 for m in self.ledger.live.values() if m.state == State.ENQUEUED)
         return requeued, len(interrupted)
 
@@ -312,7 +312,7 @@ class ShardLifecycle:
             attempt=attempts if state == State.DISPATCHED else attempts + 1,
         )
 
-    async def _settled(self) -> None:
+    async def settle(self) -> None:
         """Wait until no message is in flight to the log (recovery's interrupts landed)."""
         while any(m.state in IN_FLIGHT for m in self.ledger.live.values()):
             await asyncio.sleep(0.01)

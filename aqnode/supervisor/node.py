@@ -32,7 +32,7 @@ from aqnode.config import NodeConfig, encode_config
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
 from aqnode.supervisor.metrics import serve_metrics
-from aqnode.supervisor.shards import ShardBootFailed, ShardLink
+from aqnode.supervisor.shards import READ_AFTER_EXIT_S, ShardBootFailed, ShardLink
 from aqnode.supervisor.validation import Validator
 from aqnode.util import proc as procutil
 from aqnode.util.backoff import doubling
@@ -53,7 +53,7 @@ STABLE_AFTER_S = 10.0  #: seconds a shard must live for its crash count to reset
 #: a shard that fails to become ready this many times in a row halts the node; a shard
 #: that was serving and died (a kill from outside, a handler's os._exit) never does
 MAX_FAILED_STARTS = 5
-REDIS_CONNECT_TIMEOUT_S = 10.0  #: seconds to wait for Redis at start
+SETTLE_AT_STOP_S = 3.0  #: seconds a stopping node waits for its last transitions to land
 
 
 @dataclass
@@ -84,6 +84,7 @@ class Supervisor:
         self.dead_letters = 0  #: waiting in the dead-letter queue, as of the last cleanup
         self._served = False  # gRPC was up: a halt now is EXIT_HALTED, not EXIT_CANNOT_START
         self._stop_before_serving = False  # a signal came while the shards were starting
+        self._watchers: set[asyncio.Task[None]] = set()  # one per running shard
         self._managed: ManagedRedis | None = None
         self._redis: Any = None  # redis.asyncio.Redis, typed loosely: only wal/ imports redis
         self._server: grpc.aio.Server | None = None
@@ -364,14 +365,18 @@ class Supervisor:
         if not core.validator.entries:
             core.learn(link.catalogue)  # the first shard ready tells what the node handles
         core.shard_up(slot.index, link.send)
-        asyncio.get_running_loop().create_task(self._watch(slot, link))
+        watcher = asyncio.get_running_loop().create_task(self._watch(slot, link))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
 
     async def _watch(self, slot: ShardSlot, link: ShardLink) -> None:
         code = await link.wait()
+        assert self.core is not None
+        # Stopping too: what the shard started is interrupted now, and what it was given
+        # but never started goes back to `enqueued` for the next start.
+        self.core.shard_down(slot.index, read_to_the_end=link.read_all)
         if self._stopping:
             return
-        assert self.core is not None
-        self.core.shard_down(slot.index, read_to_the_end=link.read_all)
         lived = time.monotonic() - link.started_at
         slot.crashes = 1 if lived >= STABLE_AFTER_S else slot.crashes + 1
         log.error(
@@ -484,7 +489,10 @@ class Supervisor:
             await asyncio.gather(*(link.stop(self.config.drain_timeout_ms) for link in links))
         finally:
             impatient.cancel()
+        if self._watchers:  # each reads its shard's last frames, then shard_down
+            await asyncio.wait(set(self._watchers), timeout=READ_AFTER_EXIT_S + 1)
         if self.core is not None:
+            await self.core.settled(SETTLE_AT_STOP_S)
             await self.core.wal.close()
             self.core.abandon_waiters()
         if self.membership is not None:

@@ -20,7 +20,7 @@ import redis
 from aqnode.client import Client
 from aqnode.errors import AqError, HandlerError
 from aqnode.wal.dlq import DeadLetterQueue
-from tests.handlers.testkit import BlockLoop, Fail, Incr, Sleep
+from tests.handlers.testkit import BlockLoop, Fail, Get, Incr, Sleep
 from tests.node_fixture import node_env, running_node
 from tests.redis_fixture import RedisServer, async_wait_for, free_port, wait_for
 
@@ -212,3 +212,25 @@ def test_a_payload_too_large_for_one_call_is_refused_with_its_code() -> None:
     with SyncClient(f"127.0.0.1:{free_port()}") as bus, pytest.raises(AqError) as caught:
         bus.enqueue_raw("counter", "Incr", "big", b"x" * (100 * 1024 * 1024))
     assert caught.value.code == "PAYLOAD_TOO_LARGE", caught.value
+
+
+def test_a_drain_that_times_out_dead_letters_only_what_started(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Found in review: a stopping node skipped the shard-death bookkeeping, so a message
+    handed to a shard (`dispatched`) but never started was dead-lettered at the next
+    start. It must stay queued and run then."""
+    with running_node(tmp_path, redis_url, shards=1, drain_timeout_ms=300) as node:
+        with node.client() as bus:
+            bus.enqueue(BlockLoop(name="stuck", seconds=60))
+            wait_for(lambda: redis_client.exists("t:blocking:stuck") == 1, timeout=20)
+            # An idle entity's message goes out `dispatched`; the blocked loop never starts it
+            waiting = bus.enqueue(Incr(name="behind"))
+        assert node.terminate(60) == 0
+        letters = DeadLetterQueue(redis_client, "aq").entries()
+        assert [(d.message, d.reason) for d in letters] == [("BlockLoop", "interrupted")]
+        entry = redis_client.hget(f"aq:{{test-node}}:m:{waiting}", "state")
+        assert entry == b"enqueued", entry
+        node.respawn()
+        with node.client() as bus:
+            assert bus.enqueue_and_wait(Get(name="behind")) == 1  # it ran once, in order
