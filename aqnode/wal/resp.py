@@ -65,6 +65,13 @@ class PipelinedConnection:
         except BaseException as exc:
             await self._broken(conn, exc)
             raise
+        if conn is not self._conn:
+            # The connection broke (or was abandoned) while this batch was being written:
+            # no reader will ever read its replies. Its outcome is unknown: fail it, as
+            # for the batches that were waiting (never leave a commit without an answer).
+            future.set_exception(ConnectionError("the connection broke while writing"))
+            await conn.disconnect()
+            return future
         self._waiting.append((len(commands), future))
         if self._reader is None or self._reader.done() or self._reader_conn is not conn:
             self._reader_conn = conn  # a reader still bound to a dead connection exits
