@@ -327,9 +327,12 @@ class WriteAheadLog:
     def _failed(self, spans: list[tuple[_Request, int, int]], exc: BaseException) -> None:
         # Anything but Redis away (a bug of ours, a garbled reply) is the log's own failure.
         error = (
-            translate(exc, then="nothing was written, try again when it is back")
+            translate(exc, then="the commit's outcome is unknown")
             if isinstance(exc, UNREACHABLE)
-            else errors.AqError(f"the write-ahead log failed: {exc}")
+            else errors.AqError(
+                f"the write-ahead log's connection failed ({type(exc).__name__}: {exc}); "
+                "the commit's outcome is unknown"
+            )
         )
         for request, _, _ in spans:
             _call(request.done, [Failed(error)] * len(request.items))
