@@ -421,7 +421,7 @@ class Supervisor:
                     log.error("Redis stopped answering (%s): rejecting new work", exc.message)
                     self.core.redis_ok = False
                     # Calls waiting on the log are answered now, not at the socket time-out.
-                    self.core.wal.abandon_in_flight(exc.message)
+                    self.core.wal.abandon_in_flight("the health check gave Redis up")
             else:
                 if not self.core.redis_ok:
                     log.info("Redis answers again: taking new work")

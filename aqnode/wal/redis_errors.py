@@ -43,9 +43,10 @@ def translate(
     ``then`` ends the sentence for an unanswered call; ``refused`` names what a Redis
     that answered refused.
     """
+    detail = str(exc) or type(exc).__name__  # a time-out's str() is empty
     if isinstance(exc, UNREACHABLE):
-        return errors.RedisUnavailable(f"{what} did not answer ({exc}); {then}")
-    return errors.RedisUnavailable(f"{what} refused {refused}: {exc}")
+        return errors.RedisUnavailable(f"{what} did not answer ({detail}); {then}")
+    return errors.RedisUnavailable(f"{what} refused {refused}: {detail}")
 
 
 @contextmanager
