@@ -35,28 +35,38 @@ def test_a_handler_leaking_cancelled_error_fails_its_message_and_the_entity_goes
     assert outcomes[1].ok
 
 
-def test_odd_failures_give_each_message_one_outcome_and_one_run() -> None:
-    """Bug: an exception whose __str__ raised killed the worker before the outcome was
-    reported, and every later message of the entity re-ran the first one."""
-    from tests.handlers import odd_errors
+def _odd_pool(sent: list[Any]) -> WorkerPool:
+    cfg = parse_config('handlers = ["tests.handlers.odd_errors"]\nshards = 1\n')
+    import_handler_modules(cfg.handlers)
+    return WorkerPool(cfg, build_catalogue({}), sent.append, None)  # type: ignore[arg-type]
+
+
+def _run_in_order(prefix: str, names: list[str]) -> list[Any]:
+    """Deliver odd_errors messages of one entity, already `dispatched`, and return what
+    the pool sent once each has its outcome (or after 2 s)."""
 
     async def main() -> list[Any]:
-        cfg = parse_config('handlers = ["tests.handlers.odd_errors"]\nshards = 1\n')
-        import_handler_modules(cfg.handlers)
-        pool = WorkerPool(cfg, build_catalogue({}), sent.append, None)  # type: ignore[arg-type]
+        sent: list[Any] = []
+        pool = _odd_pool(sent)
         payload = msgspec.msgpack.encode({"key": "k"})
-        names = ["BadStr", "Exit", "WrongReply", "Fine", "BadStr", "Fine"]
         for i, name in enumerate(names):
-            pool.deliver(ipc.Deliver(f"m{i}", "odd", name, "k", payload, 0.0, 1, True))
+            pool.deliver(ipc.Deliver(f"{prefix}{i}", "odd", name, "k", payload, 0.0, 1, True))
         for _ in range(200):
             if len([x for x in sent if isinstance(x, ipc.Outcome)]) == len(names):
                 break
             await asyncio.sleep(0.01)
         return sent
 
-    sent: list[Any] = []
+    return asyncio.run(main())
+
+
+def test_odd_failures_give_each_message_one_outcome_and_one_run() -> None:
+    """Bug: an exception whose __str__ raised killed the worker before the outcome was
+    reported, and every later message of the entity re-ran the first one."""
+    from tests.handlers import odd_errors
+
     odd_errors.RUNS.clear()
-    items = asyncio.run(main())
+    items = _run_in_order("m", ["BadStr", "Exit", "WrongReply", "Fine", "BadStr", "Fine"])
     outcomes = [x for x in items if isinstance(x, ipc.Outcome)]
     assert [o.message_id for o in outcomes] == [f"m{i}" for i in range(6)]
     assert odd_errors.RUNS == ["BadStr", "Exit", "WrongReply", "Fine", "BadStr", "Fine"]
@@ -74,9 +84,7 @@ def test_a_delivered_message_without_a_dispatched_mark_is_never_run_twice() -> N
     """The permit: one `dispatched` mark, one run, whatever happens around it."""
 
     async def main() -> None:
-        cfg = parse_config('handlers = ["tests.handlers.odd_errors"]\nshards = 1\n')
-        import_handler_modules(cfg.handlers)
-        pool = WorkerPool(cfg, build_catalogue({}), sent.append, None)  # type: ignore[arg-type]
+        pool = _odd_pool(sent)
         item = ipc.Deliver("m1", "odd", "Fine", "k", msgspec.msgpack.encode({"key": "k"}), 0.0)
         item.dispatched = True
         first = await pool._run_once(item)
@@ -95,23 +103,9 @@ def test_a_delivered_message_without_a_dispatched_mark_is_never_run_twice() -> N
 def test_a_handler_cancelling_its_own_task_costs_nothing_to_the_messages_after_it() -> None:
     from tests.handlers import odd_errors
 
-    async def main() -> list[Any]:
-        cfg = parse_config('handlers = ["tests.handlers.odd_errors"]\nshards = 1\n')
-        import_handler_modules(cfg.handlers)
-        pool = WorkerPool(cfg, build_catalogue({}), sent.append, None)  # type: ignore[arg-type]
-        payload = msgspec.msgpack.encode({"key": "k"})
-        names = ["CancelAndReturn", "Fine", "CancelAndSwallow", "Fine"]
-        for i, name in enumerate(names):
-            pool.deliver(ipc.Deliver(f"c{i}", "odd", name, "k", payload, 0.0, 1, True))
-        for _ in range(200):
-            if len([x for x in sent if isinstance(x, ipc.Outcome)]) == len(names):
-                break
-            await asyncio.sleep(0.01)
-        return sent
-
-    sent: list[Any] = []
     odd_errors.RUNS.clear()
-    outcomes = [x for x in asyncio.run(main()) if isinstance(x, ipc.Outcome)]
+    sent = _run_in_order("c", ["CancelAndReturn", "Fine", "CancelAndSwallow", "Fine"])
+    outcomes = [x for x in sent if isinstance(x, ipc.Outcome)]
     assert [o.message_id for o in outcomes] == ["c0", "c1", "c2", "c3"]
     assert [o.ok for o in outcomes] == [True, True, True, True]
     assert odd_errors.RUNS == ["CancelAndReturn", "Fine", "CancelAndSwallow", "Fine"]
