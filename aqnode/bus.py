@@ -35,6 +35,8 @@ class SendResult(msgspec.Struct, array_like=True):
     reply: bytes = b""
     content_type: str = MSGPACK
     error: dict[str, Any] | None = None
+    #: cluster mode: the address of the entity's owner when another node answered
+    owner: str = ""
 
     def raise_for_error(self) -> None:
         if not self.ok:

@@ -144,6 +144,31 @@ class PayloadTooLarge(AqError):
     default_code = PAYLOAD_TOO_LARGE
 
 
+class Unavailable(AqError):
+    """The node (or the peer it forwarded to) went away before answering; resend the
+    call under the same ``message_id``."""
+
+    default_code = UNAVAILABLE
+
+
+class StaleEpoch(AqError):
+    """A peer command carried an epoch other than the receiver's (cluster mode)."""
+
+    default_code = STALE_EPOCH
+
+
+class MasterRebuilding(AqError):
+    """The master is rebuilding its assignment table after a failover; retry shortly."""
+
+    default_code = MASTER_REBUILDING
+
+
+class ForwardHopsExceeded(AqError):
+    """A call was forwarded more than max_forward_hops times without finding its owner."""
+
+    default_code = FORWARD_HOPS_EXCEEDED
+
+
 class StartupError(AqnodeError):
     """The node cannot start: bad handlers, bad config, a missing dependency.
 
@@ -165,4 +190,8 @@ _BY_CODE: dict[str, type[AqError]] = {
     SELF_WAIT: SelfWait,
     DRAINING: Draining,
     PAYLOAD_TOO_LARGE: PayloadTooLarge,
+    UNAVAILABLE: Unavailable,
+    STALE_EPOCH: StaleEpoch,
+    MASTER_REBUILDING: MasterRebuilding,
+    FORWARD_HOPS_EXCEEDED: ForwardHopsExceeded,
 }

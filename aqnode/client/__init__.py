@@ -8,46 +8,71 @@ fires many ``enqueue`` calls without awaiting each one still gets FIFO and group
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import json
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
-
-import grpc
 
 from aqnode import errors
 from aqnode.api import Message
 from aqnode.bus import Bus, EntityBus, Envelope, SendResult
-from aqnode.client.status import Member, NodeStatus, ShardStatus, status_from_pb
-from aqnode.util.batching import take_frame
-from aqnode.v1 import aqnode_pb2 as pb
-from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
+from aqnode.client.connection import (
+    MAX_CALL_BYTES,
+    Connection,
+    check_size,
+    rpc_error,
+    status_error,
+)
+from aqnode.client.status import Member, NodeStatus, ShardStatus
 
-__all__ = ["Client", "Member", "NodeStatus", "ShardStatus", "SyncClient", "SyncEntityClient"]
+__all__ = [
+    "MAX_CALL_BYTES",
+    "Client",
+    "Member",
+    "NodeStatus",
+    "ShardStatus",
+    "SyncClient",
+    "SyncEntityClient",
+    "rpc_error",
+    "status_error",
+]
 
 T = TypeVar("T")
 NO_TIMEOUT_WAIT_S = 3600.0  #: seconds; a wait with no timeout relies on the node's default
 SEND_TIMEOUT_S = 30.0  #: seconds an enqueue waits for the node to acknowledge it
+CONNECT_TIMEOUT_S = 1.0  #: seconds connect() gives each node of several to answer
 TIMEOUT_GRACE_S = 2.0  #: seconds the client waits past a timeout for the node to say so
 
 
 class Client(Bus):
-    """``async with Client("127.0.0.1:50051") as bus: await bus.enqueue(msg)``."""
+    """``async with Client("127.0.0.1:50051") as bus: await bus.enqueue(msg)``.
 
-    def __init__(self, address: str = "127.0.0.1:50051", *, auth_token: str | None = None) -> None:
-        self.address = address
+    ``address`` is one ``HOST:PORT``, several separated by commas, or a list: the nodes
+    of one service group. The client sends to the first that answers and moves to the
+    next when it goes away. In cluster mode it learns where entities live from the
+    nodes' replies and sends each entity's calls to its owner directly (no forwarding
+    hop), switching an entity's route only when none of its calls is in flight, so
+    that its calls keep their order.
+    """
+
+    def __init__(
+        self,
+        address: str | Sequence[str] = "127.0.0.1:50051",
+        *,
+        auth_token: str | None = None,
+        follow_owners: bool = True,
+    ) -> None:
+        self.addresses = parse_addresses(address)
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: pb_grpc.AqNodeStub | None = None
-        self._stream: Any = None
-        self._ids = itertools.count(1)
-        self._futures: dict[int, asyncio.Future[SendResult]] = {}
-        self._outbox: list[pb.Call] = []
-        self._outbox_ready = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._connect_lock = asyncio.Lock()
+        self._follow_owners = follow_owners
+        self._primary = 0  #: index in addresses of the node sends go to by default
+        self._connections: dict[str, Connection] = {}
+        self._routes: dict[str, str] = {}  #: entity key -> its owner's address (learned)
+        self._in_flight: dict[str, list[Any]] = {}  #: entity key -> [address, calls]
+
+    @property
+    def address(self) -> str:
+        """The node this client sends to (in a cluster: unless an entity's owner is known)."""
+        return self.addresses[self._primary]
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -56,256 +81,143 @@ class Client(Bus):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _ensure_channel(self) -> pb_grpc.AqNodeStub:
-        if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.address,
-                options=[
-                    # Replies may be as large as the node's max_reply_bytes allows.
-                    ("grpc.max_receive_message_length", -1),
-                    ("grpc.max_send_message_length", MAX_CALL_BYTES + FRAME_SLACK_BYTES),
-                ],
-            )
-            self._stub = pb_grpc.AqNodeStub(self._channel)  # type: ignore[no-untyped-call]
-        return self._stub
+    def _connection(self, address: str) -> Connection:
+        conn = self._connections.get(address)
+        if conn is None:
+            conn = self._connections[address] = Connection(address, self._metadata)
+        return conn
 
-    async def connect(self) -> None:
-        """Open the ``Session`` stream (sends do this themselves when needed)."""
-        async with self._connect_lock:
-            if self._stream is not None:
-                return
-            self._stream = self._ensure_channel().Session(metadata=self._metadata)
-            loop = asyncio.get_running_loop()
-            self._tasks = [
-                loop.create_task(self._write(self._stream)),
-                loop.create_task(self._read(self._stream)),
-            ]
+    async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Open the ``Session`` stream to the first node that answers (sends open it
+        themselves when needed). With one address, no wait: a node that is not up yet
+        is found by the first send."""
+        if len(self.addresses) > 1:
+            for _ in self.addresses:
+                conn = self._connection(self.address)
+                try:
+                    await asyncio.wait_for(conn.channel.channel_ready(), timeout)
+                    break
+                except TimeoutError:
+                    self._went_away(self.address)
+        self._connection(self.address).connect()
 
     async def close(self) -> None:
-        if self._stream is not None:
-            # A half-close first: the node finishes the stream, nothing is left pending.
-            # A stream that never connected fails this in gRPC's own ways; it is being
-            # thrown away either way, so there is nothing to report.
-            with contextlib.suppress(Exception):
-                await self._stream.done_writing()
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._stream is not None:
-            self._stream.cancel()
-            self._stream = None
-        self._fail_all(errors.AqError("the client was closed", code=errors.UNAVAILABLE))
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-            self._stub = None
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            await conn.close()
 
     async def status(self, timeout: float = 5.0) -> NodeStatus:
         """The node's :class:`NodeStatus`: its shards, role, master, epoch and members.
 
-        ``timeout`` is in seconds; an unreachable node raises ``AqError`` ``UNAVAILABLE``.
+        ``timeout`` is in seconds; an unreachable node raises ``AqError`` ``UNAVAILABLE``
+        (after the client tried each of its addresses once).
         """
-        try:
-            reply: pb.StatusReply = await self._ensure_channel().Status(
-                pb.StatusRequest(), timeout=timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc, self.address) from None
-        return status_from_pb(reply)
+        for _ in self.addresses:
+            address = self.address
+            try:
+                return await self._connection(address).status(timeout)
+            except errors.AqError as exc:
+                if exc.code != errors.UNAVAILABLE or len(self.addresses) == 1:
+                    raise
+                self._went_away(address)
+                last = exc
+        raise last
 
-    # ---- the stream -------------------------------------------------------------------
+    # ---- routing ----------------------------------------------------------------------
+
+    def _route(self, env: Envelope) -> tuple[str, str]:
+        """(entity key or "", the address its call goes to)."""
+        if not env.entity_id:
+            return "", self.address
+        key = f"{env.entity_type}:{env.entity_id}"
+        flight = self._in_flight.get(key)
+        if flight is not None:  # the same way as its calls still in flight: FIFO
+            return key, flight[0]
+        return key, self._routes.get(key, self.address)
+
+    def _landed(self, key: str, address: str, result: SendResult) -> None:
+        if key:
+            flight = self._in_flight.get(key)
+            if flight is not None:
+                flight[1] -= 1
+                if flight[1] <= 0:
+                    del self._in_flight[key]
+        if not result.ok and (result.error or {}).get("code") == errors.UNAVAILABLE:
+            self._went_away(address)
+        elif key and result.owner and self._follow_owners and result.owner != address:
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()  # a cache: relearned from the next replies
+            self._routes[key] = result.owner
+
+    def _went_away(self, address: str) -> None:
+        """``address`` failed: forget routes through it; move off it if it is the primary."""
+        for key in [k for k, a in self._routes.items() if a == address]:
+            del self._routes[key]
+        if address == self.address and len(self.addresses) > 1:
+            self._primary = (self._primary + 1) % len(self.addresses)
+
+    # ---- sends ------------------------------------------------------------------------
 
     async def _send(
         self, envelopes: list[Envelope], *, wait: bool, timeout: float | None
     ) -> list[SendResult]:
         for env in envelopes:
-            _check_size(env)
-        if self._stream is None:
-            await self.connect()
-        loop = asyncio.get_running_loop()
+            check_size(env)
         timeout_ms = int(timeout * 1000) if timeout else 0
-        futures = []
-        call_ids = []
-        for env in envelopes:
-            call_id = next(self._ids)
-            call_ids.append(call_id)
-            future: asyncio.Future[SendResult] = loop.create_future()
-            self._futures[call_id] = future
-            futures.append(future)
-            self._outbox.append(
-                pb.Call(
-                    call_id=call_id,
-                    envelope=pb.Envelope(
-                        entity_type=env.entity_type,
-                        message=env.message,
-                        entity_id=env.entity_id,
-                        payload=env.payload,
-                        content_type=env.content_type,
-                        message_id=env.message_id,
-                    ),
-                    wait=wait,
-                    timeout_ms=timeout_ms,
-                )
+        # Group by destination, in order; each group goes out in one post.
+        groups: dict[str, list[int]] = {}
+        keys: list[str] = []
+        for i, env in enumerate(envelopes):
+            key, address = self._route(env)
+            keys.append(key)
+            groups.setdefault(address, []).append(i)
+            if key:
+                flight = self._in_flight.setdefault(key, [address, 0])
+                flight[1] += 1
+        futures: list[Any] = [None] * len(envelopes)
+        where: list[str] = [""] * len(envelopes)
+        for address, indexes in groups.items():
+            posted = self._connection(address).post(
+                [envelopes[i] for i in indexes], wait=wait, timeout_ms=timeout_ms
             )
-        self._outbox_ready.set()
+            for i, future in zip(indexes, posted, strict=True):
+                futures[i], where[i] = future, address
         if timeout:
             limit = timeout + TIMEOUT_GRACE_S
         else:
             limit = NO_TIMEOUT_WAIT_S if wait else SEND_TIMEOUT_S
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futures), limit))
+            results: list[SendResult] = list(
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*futures)), limit)
+            )
         except TimeoutError:
-            for call_id in call_ids:
-                self._futures.pop(call_id, None)
+            for address, indexes in groups.items():
+                self._connection(address).forget([futures[i] for i in indexes])
+            for i in range(len(envelopes)):
+                self._landed(keys[i], where[i], SendResult("", True))
             if wait:
                 raise errors.ReplyTimeout(
                     f"no answer from {self.address} within {limit:.1f}s; the message may still run"
                 ) from None
-            raise errors.AqError(
+            raise errors.Unavailable(
                 f"{self.address} did not acknowledge within {limit:.0f}s; the message may or may "
-                "not be enqueued: send it again with the same message_id to be sure",
-                code=errors.UNAVAILABLE,
+                "not be enqueued: send it again with the same message_id to be sure"
             ) from None
-
-    async def _write(self, stream: Any) -> None:
-        try:
-            while True:
-                await self._outbox_ready.wait()
-                self._outbox_ready.clear()
-                while self._outbox:
-                    calls: list[pb.Call] = take_frame(self._outbox, _payload_size, FRAME_BYTES)
-                    await stream.write(pb.ClientFrame(calls=calls))
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as exc:
-            self._broken(rpc_error(exc, self.address))
-        except Exception as exc:
-            # A write that fails because the node ended the stream: its status says why
-            # (UNAUTHENTICATED, say), which the read side may not have seen yet.
-            self._broken(
-                await _ended_with(stream, self.address)
-                or errors.AqError(
-                    f"the stream to {self.address} failed: {exc}", code=errors.UNAVAILABLE
-                )
-            )
-
-    async def _read(self, stream: Any) -> None:
-        try:
-            while True:
-                frame = await stream.read()
-                if frame is grpc.aio.EOF:
-                    self._broken(
-                        errors.AqError(f"{self.address} closed the stream", code=errors.UNAVAILABLE)
-                    )
-                    return
-                for outcome in frame.outcomes:
-                    future = self._futures.pop(outcome.call_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(_result_from_pb(outcome))
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as exc:
-            self._broken(rpc_error(exc, self.address))
-
-    def _broken(self, error: errors.AqError) -> None:
-        """The stream failed: fail what is in flight; the next send opens a new stream."""
-        self._stream = None
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-        self._tasks = []
-        self._outbox.clear()  # their futures fail below: they must not go out later
-        self._fail_all(error)
-
-    def _fail_all(self, error: errors.AqError) -> None:
-        futures, self._futures = self._futures, {}
-        for future in futures.values():
-            if not future.done():
-                future.set_result(SendResult("", False, error=error.to_dict()))
+        for i, result in enumerate(results):
+            self._landed(keys[i], where[i], result)
+        return results
 
 
-#: bytes of payload one call may carry; the node's own max_payload_bytes (4 MiB by
-#: default) is usually lower and refuses with PAYLOAD_TOO_LARGE itself
-MAX_CALL_BYTES = 64 * 1024 * 1024
-FRAME_BYTES = 8 * 1024 * 1024  #: payload bytes gathered into one ClientFrame
-FRAME_SLACK_BYTES = 1024 * 1024  #: room for ids, names and framing around a payload
+def parse_addresses(address: str | Sequence[str]) -> list[str]:
+    """``"h1:p1,h2:p2"`` or a list of them: the nodes, in the order given, no repeats."""
+    parts = address.split(",") if isinstance(address, str) else list(address)
+    found = [a.strip() for a in parts if a and a.strip()]
+    if not found:
+        raise ValueError("no node address given: pass 'HOST:PORT' or several")
+    return list(dict.fromkeys(found))
 
 
-def _check_size(env: Envelope) -> None:
-    if len(env.payload) > MAX_CALL_BYTES:
-        raise errors.PayloadTooLarge(
-            f"the payload is {len(env.payload)} bytes, over the {MAX_CALL_BYTES} bytes one call "
-            "can carry (the node's max_payload_bytes is likely lower still); nothing was sent"
-        )
-
-
-def _payload_size(call: pb.Call) -> int:
-    return int(call.ByteSize())
-
-
-def _result_from_pb(outcome: pb.Outcome) -> SendResult:
-    if outcome.ok:
-        return SendResult(
-            outcome.message_id, True, outcome.reply, outcome.content_type or "application/msgpack"
-        )
-    f = outcome.failure
-    error = {"code": f.code, "message": f.message}
-    if f.field:
-        error["field"] = f.field
-    if f.remote_type or f.remote_traceback:
-        error.update(
-            remote_type=f.remote_type,
-            remote_message=f.remote_message,
-            remote_traceback=f.remote_traceback,
-        )
-    return SendResult(outcome.message_id, False, error=error)
-
-
-#: gRPC codes without an aqnode error attached: the connection itself failed (a node that
-#: died mid-stream shows up as INTERNAL "Internal error from Core", or CANCELLED).
-_TRANSPORT_FAILURES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
-)
-
-
-def rpc_error(exc: grpc.aio.AioRpcError, address: str) -> errors.AqError:
-    """A gRPC failure as an AqError: the node's own code when it sent one."""
-    return status_error(exc.code(), exc.details() or "", exc.trailing_metadata(), address)
-
-
-def status_error(
-    code: grpc.StatusCode, details: str, metadata: Any, address: str
-) -> errors.AqError:
-    for key, value in metadata or ():
-        if key == "aq-error-bin":
-            raw = value if isinstance(value, bytes) else str(value).encode()
-            return errors.AqError.from_dict(json.loads(raw))
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.PayloadTooLarge(
-            f"{address} refused the call as too large ({details}); send less"
-        )
-    if code in _TRANSPORT_FAILURES:
-        return errors.AqError(
-            f"cannot reach an aqnode at {address} ({details}); is `aqnode serve` running there?",
-            code=errors.UNAVAILABLE,
-        )
-    return errors.AqError(f"{address}: {code.name}: {details}", code=errors.INTERNAL)
-
-
-STATUS_WAIT_S = 1.0  #: seconds to wait for an ended stream's status after a failed write
-
-
-async def _ended_with(stream: Any, address: str) -> errors.AqError | None:
-    """The error an ended stream's status carries, or None if it has none (yet)."""
-    try:
-        code = await asyncio.wait_for(stream.code(), STATUS_WAIT_S)
-        if code == grpc.StatusCode.OK:
-            return None
-        return status_error(code, await stream.details(), await stream.trailing_metadata(), address)
-    except Exception:  # no status to be had: the caller reports the write's own failure
-        return None
+MAX_ROUTES = 100_000  #: entity routes a client remembers before it starts afresh
 
 
 _background: asyncio.AbstractEventLoop | None = None
@@ -330,7 +242,9 @@ def background_loop() -> asyncio.AbstractEventLoop:
 class SyncClient:
     """The blocking twin of :class:`Client`: same methods, run on a shared background loop."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", *, auth_token: str | None = None) -> None:
+    def __init__(
+        self, address: str | Sequence[str] = "127.0.0.1:50051", *, auth_token: str | None = None
+    ) -> None:
         self._loop = background_loop()
         self._closed = False
         self._client = self._run(_make_client(address, auth_token))
@@ -457,5 +371,5 @@ class SyncEntityClient:
         )
 
 
-async def _make_client(address: str, auth_token: str | None) -> Client:
+async def _make_client(address: str | Sequence[str], auth_token: str | None) -> Client:
     return Client(address, auth_token=auth_token)

@@ -78,12 +78,14 @@ def outcome_to_pb(call_id: int, result: SendResult) -> pb.Outcome:
             ok=True,
             reply=result.reply,
             content_type=result.content_type,
+            owner=result.owner,
         )
     return pb.Outcome(
         call_id=call_id,
         message_id=result.message_id,
         ok=False,
         failure=failure_to_pb(result.error),
+        owner=result.owner,
     )
 
 
@@ -187,7 +189,12 @@ class AqNodeService(pb_grpc.AqNodeServicer):
                 async for frame in request_iterator:
                     calls = [
                         Call(
-                            envelope_from_pb(c.envelope), c.wait, c.timeout_ms, reply_for(c.call_id)
+                            envelope_from_pb(c.envelope),
+                            c.wait,
+                            c.timeout_ms,
+                            reply_for(c.call_id),
+                            epoch=c.epoch,
+                            hops=c.hops,
                         )
                         for c in frame.calls
                     ]

@@ -50,6 +50,10 @@ class Call:
     timeout_ms: int
     reply: Reply
     caller: str = ""  # the sending handler's entity key, for SELF_WAIT
+    #: cluster mode, set on a call a peer forwarded: the peer's epoch and hops so far
+    epoch: int = 0
+    hops: int = 0
+    reroutes: int = 0  #: times this node sent it back through routing (a stale epoch)
 
 
 @dataclass(slots=True)

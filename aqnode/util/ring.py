@@ -38,3 +38,19 @@ class HashRing:
 
 def entity_key(entity_type: str, entity_id: str) -> str:
     return f"{entity_type}:{entity_id}"
+
+
+class MemberRing:
+    """Entity key -> member name, by the same kind of ring over named members (the
+    cluster's nodes): every node builds the same ring from the same member list."""
+
+    def __init__(self, members: list[str], vnodes: int = VNODES_PER_SHARD) -> None:
+        if not members:
+            raise ValueError("a ring needs at least one member")
+        points = sorted((_point(f"member-{m}-{v}"), m) for m in set(members) for v in range(vnodes))
+        self._points = [p for p, _ in points]
+        self._members = [m for _, m in points]
+
+    def member_for(self, entity_key: str) -> str:
+        i = bisect.bisect(self._points, _point(entity_key))
+        return self._members[i % len(self._members)]

@@ -81,16 +81,20 @@ class EnqueueAndWaitReply(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., reply: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "envelope", "wait", "timeout_ms")
+    __slots__ = ("call_id", "envelope", "wait", "timeout_ms", "epoch", "hops")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     envelope: Envelope
     wait: bool
     timeout_ms: int
-    def __init__(self, call_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    epoch: int
+    hops: int
+    def __init__(self, call_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
     __slots__ = ("calls",)
@@ -99,20 +103,22 @@ class ClientFrame(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("call_id", "message_id", "ok", "reply", "content_type", "failure")
+    __slots__ = ("call_id", "message_id", "ok", "reply", "content_type", "failure", "owner")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     message_id: str
     ok: bool
     reply: bytes
     content_type: str
     failure: Failure
-    def __init__(self, call_id: _Optional[int] = ..., message_id: _Optional[str] = ..., ok: _Optional[bool] = ..., reply: _Optional[bytes] = ..., content_type: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, call_id: _Optional[int] = ..., message_id: _Optional[str] = ..., ok: _Optional[bool] = ..., reply: _Optional[bytes] = ..., content_type: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
     __slots__ = ("outcomes",)
@@ -187,3 +193,49 @@ class Member(_message.Message):
     alive: bool
     role: str
     def __init__(self, server_id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., role: _Optional[str] = ...) -> None: ...
+
+class PetitionRequest(_message.Message):
+    __slots__ = ("epoch", "from_server_id", "entity_keys")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FROM_SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    from_server_id: str
+    entity_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, epoch: _Optional[int] = ..., from_server_id: _Optional[str] = ..., entity_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Home(_message.Message):
+    __slots__ = ("entity_key", "server_id", "address")
+    ENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    entity_key: str
+    server_id: str
+    address: str
+    def __init__(self, entity_key: _Optional[str] = ..., server_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class PetitionReply(_message.Message):
+    __slots__ = ("epoch", "homes")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HOMES_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    homes: _containers.RepeatedCompositeFieldContainer[Home]
+    def __init__(self, epoch: _Optional[int] = ..., homes: _Optional[_Iterable[_Union[Home, _Mapping]]] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ("epoch", "from_server_id")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FROM_SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    from_server_id: str
+    def __init__(self, epoch: _Optional[int] = ..., from_server_id: _Optional[str] = ...) -> None: ...
+
+class ListWorkersReply(_message.Message):
+    __slots__ = ("epoch", "server_id", "entity_keys")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    server_id: str
+    entity_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, epoch: _Optional[int] = ..., server_id: _Optional[str] = ..., entity_keys: _Optional[_Iterable[str]] = ...) -> None: ...

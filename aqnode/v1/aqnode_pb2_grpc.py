@@ -267,3 +267,120 @@ class AqNode:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AqPeerStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Petition = channel.unary_unary(
+                '/aqnode.v1.AqPeer/Petition',
+                request_serializer=aqnode_dot_v1_dot_aqnode__pb2.PetitionRequest.SerializeToString,
+                response_deserializer=aqnode_dot_v1_dot_aqnode__pb2.PetitionReply.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/aqnode.v1.AqPeer/ListWorkers',
+                request_serializer=aqnode_dot_v1_dot_aqnode__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=aqnode_dot_v1_dot_aqnode__pb2.ListWorkersReply.FromString,
+                _registered_method=True)
+
+
+class AqPeerServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Petition(self, request, context):
+        """Where does each of these entities live? The master answers, assigning new ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """The entities a node owns: a new master rebuilds its table from every member's list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AqPeerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Petition': grpc.unary_unary_rpc_method_handler(
+                    servicer.Petition,
+                    request_deserializer=aqnode_dot_v1_dot_aqnode__pb2.PetitionRequest.FromString,
+                    response_serializer=aqnode_dot_v1_dot_aqnode__pb2.PetitionReply.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=aqnode_dot_v1_dot_aqnode__pb2.ListWorkersRequest.FromString,
+                    response_serializer=aqnode_dot_v1_dot_aqnode__pb2.ListWorkersReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'aqnode.v1.AqPeer', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('aqnode.v1.AqPeer', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AqPeer:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Petition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aqnode.v1.AqPeer/Petition',
+            aqnode_dot_v1_dot_aqnode__pb2.PetitionRequest.SerializeToString,
+            aqnode_dot_v1_dot_aqnode__pb2.PetitionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aqnode.v1.AqPeer/ListWorkers',
+            aqnode_dot_v1_dot_aqnode__pb2.ListWorkersRequest.SerializeToString,
+            aqnode_dot_v1_dot_aqnode__pb2.ListWorkersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
