@@ -243,11 +243,15 @@ class SyncClient:
     """The blocking twin of :class:`Client`: same methods, run on a shared background loop."""
 
     def __init__(
-        self, address: str | Sequence[str] = "127.0.0.1:50051", *, auth_token: str | None = None
+        self,
+        address: str | Sequence[str] = "127.0.0.1:50051",
+        *,
+        auth_token: str | None = None,
+        follow_owners: bool = True,
     ) -> None:
         self._loop = background_loop()
         self._closed = False
-        self._client = self._run(_make_client(address, auth_token))
+        self._client = self._run(_make_client(address, auth_token, follow_owners))
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -323,6 +327,11 @@ class SyncClient:
     def for_entity(self, entity_type: str, entity_id: str) -> SyncEntityClient:
         return SyncEntityClient(self, self._client.for_entity(entity_type, entity_id))
 
+    @property
+    def address(self) -> str:
+        """The node this client sends to by default (see :attr:`Client.address`)."""
+        return self._client.address
+
     def status(self, timeout: float = 5.0) -> NodeStatus:
         """The node's :class:`NodeStatus` (see :meth:`Client.status`)."""
         return self._run(self._client.status(timeout))
@@ -371,5 +380,7 @@ class SyncEntityClient:
         )
 
 
-async def _make_client(address: str | Sequence[str], auth_token: str | None) -> Client:
-    return Client(address, auth_token=auth_token)
+async def _make_client(
+    address: str | Sequence[str], auth_token: str | None, follow_owners: bool
+) -> Client:
+    return Client(address, auth_token=auth_token, follow_owners=follow_owners)

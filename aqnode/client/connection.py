@@ -72,6 +72,11 @@ class Connection:
                     # Replies may be as large as the node's max_reply_bytes allows.
                     ("grpc.max_receive_message_length", -1),
                     ("grpc.max_send_message_length", MAX_CALL_BYTES + FRAME_SLACK_BYTES),
+                    # A node that restarts is found again within a second, not after
+                    # gRPC's default backoff (up to two minutes).
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
                     *self._options,
                 ],
             )

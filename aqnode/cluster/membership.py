@@ -65,6 +65,8 @@ class Membership:
         self.state = ClusterState()
         self._candidate = ""  # the master computed from the last views
         self._candidate_since = 0.0
+        #: called after every view that Redis answered (placement follows the group)
+        self.on_view: Callable[[ClusterState], None] | None = None
 
     @property
     def role(self) -> str:
@@ -143,6 +145,8 @@ class Membership:
         self.state.epoch, self.state.master = epoch, master
         self.state.members = self._members(view, master)
         self.state.viewed_at = time.monotonic()
+        if self.on_view is not None:
+            self.on_view(self.state)
 
     async def leave(self) -> None:
         """Leave the group at once (a stopping node), so that others need not wait."""

@@ -37,6 +37,7 @@ from aqnode.supervisor.live import (
     reply_in_callers_type,
 )
 from aqnode.supervisor.metrics import NodeMetrics
+from aqnode.supervisor.placement import Placement, Standalone
 from aqnode.supervisor.validation import Validator
 from aqnode.util.ring import HashRing, entity_key
 from aqnode.wal import (
@@ -68,6 +69,7 @@ class NodeCore:
         self.lifecycle = ShardLifecycle(config, wal, self.ring, self.ledger, self.metrics)
         self.draining = False
         self.redis_ok = True  # set by the supervisor's health check
+        self.placement: Placement = Standalone()  # cluster mode: the group member
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
         self._entity_limits = {
@@ -76,6 +78,9 @@ class NodeCore:
         self._reply_timeouts = {name: cfg.reply_timeout_ms for name, cfg in config.entities.items()}
         self._default_reply_timeout = config.entity("").reply_timeout_ms
         wal.on_commit = lambda kind, n: self.metrics.commit_batch.observe((kind,), n)
+
+    def reply_timeout_ms(self, entity_type: str) -> int:
+        return self._reply_timeouts.get(entity_type, self._default_reply_timeout)
 
     @property
     def live(self) -> dict[str, LiveMessage]:
@@ -208,6 +213,12 @@ class NodeCore:
         if known is not None:  # an idempotency key already live here: attach, write nothing
             self._answer_when_done(known, call)
             return None
+        if env.message_id != message_id or env.entity_id != entity_id:
+            # The ids travel with the call if it goes to another node: an error from
+            # there can then name the message_id to resend under.
+            call.envelope = msgspec.structs.replace(env, message_id=message_id, entity_id=entity_id)
+        if not self.placement.take(call, key):
+            return None  # forwarded to its owner, or waiting to learn where that is
         self._check_limits(spec.entity_type, key)
         depth = self.ledger.depth.get(key, 0)
         self.ledger.track(key)

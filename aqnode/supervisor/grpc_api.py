@@ -98,18 +98,7 @@ class AqNodeService(pb_grpc.AqNodeServicer):
         self._token = auth_token
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        if self._token is None:
-            return
-        metadata = dict(context.invocation_metadata() or ())
-        given = str(metadata.get("authorization", ""))
-        if not hmac.compare_digest(given, f"Bearer {self._token}"):
-            await _abort(
-                context,
-                errors.AqError(
-                    "this node requires an auth token: send 'authorization: Bearer <token>'",
-                    code=errors.UNAUTHENTICATED,
-                ).to_dict(),
-            )
+        await authenticate(context, self._token)
 
     async def _one(self, envelope: Envelope, wait: bool, timeout_ms: int) -> SendResult:
         future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
@@ -125,7 +114,7 @@ class AqNodeService(pb_grpc.AqNodeServicer):
         await self._authenticate(context)
         result = await self._one(envelope_from_pb(request.envelope), False, 0)
         if not result.ok:
-            await _abort(context, result.error)
+            await abort(context, result.error)
         return pb.EnqueueReply(message_id=result.message_id)
 
     async def EnqueueMany(
@@ -159,7 +148,7 @@ class AqNodeService(pb_grpc.AqNodeServicer):
         await self._authenticate(context)
         result = await self._one(envelope_from_pb(request.envelope), True, request.timeout_ms)
         if not result.ok:
-            await _abort(context, result.error)
+            await abort(context, result.error)
         return pb.EnqueueAndWaitReply(
             message_id=result.message_id, reply=result.reply, content_type=result.content_type
         )
@@ -215,11 +204,27 @@ class AqNodeService(pb_grpc.AqNodeServicer):
                     batch: list[pb.Outcome] = take_frame(outbox, _reply_size, FRAME_REPLY_BYTES)
                     yield pb.ServerFrame(outcomes=batch)
                 if state.get("error") is not None:
-                    await _abort(context, _stream_error(state["error"]))
+                    await abort(context, _stream_error(state["error"]))
                 if state["closed"] and state["outstanding"] <= 0 and not outbox:
                     return
         finally:
             reader.cancel()
+
+
+async def authenticate(context: grpc.aio.ServicerContext[Any, Any], token: str | None) -> None:
+    """End the call with UNAUTHENTICATED unless it carries the node's token (if any)."""
+    if token is None:
+        return
+    metadata = dict(context.invocation_metadata() or ())
+    given = str(metadata.get("authorization", ""))
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        await abort(
+            context,
+            errors.AqError(
+                "this node requires an auth token: send 'authorization: Bearer <token>'",
+                code=errors.UNAUTHENTICATED,
+            ).to_dict(),
+        )
 
 
 def _reply_size(outcome: pb.Outcome) -> int:
@@ -240,7 +245,7 @@ def _stream_error(exc: BaseException) -> dict[str, Any]:
 METADATA_TEXT_LIMITS = {"message": 500, "remote_message": 500, "remote_traceback": 2500}
 
 
-async def _abort(context: Any, error: dict[str, Any] | None) -> None:
+async def abort(context: Any, error: dict[str, Any] | None) -> None:
     error = _bounded(error or {"code": errors.INTERNAL, "message": "unknown failure"})
     code = str(error.get("code", errors.INTERNAL))
     await context.abort(

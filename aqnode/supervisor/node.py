@@ -27,11 +27,13 @@ import grpc
 import psutil
 
 from aqnode import __version__, errors, ipc
+from aqnode.cluster.member import GroupMember
 from aqnode.cluster.membership import Membership
 from aqnode.config import NodeConfig, encode_config
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
 from aqnode.supervisor.metrics import serve_metrics
+from aqnode.supervisor.peer_api import AqPeerService
 from aqnode.supervisor.shards import READ_AFTER_EXIT_S, ShardBootFailed, ShardLink
 from aqnode.supervisor.validation import Validator
 from aqnode.util import proc as procutil
@@ -90,6 +92,7 @@ class Supervisor:
         self._server: grpc.aio.Server | None = None
         self.core: NodeCore | None = None
         self.membership: Membership | None = None  # cluster mode only
+        self.member: GroupMember | None = None  # cluster mode: placement, peers, master
         self._metrics_server: asyncio.Server | None = None
 
     # ---- start ------------------------------------------------------------------------
@@ -118,6 +121,17 @@ class Supervisor:
             raise errors.StartupError(f"reading the log at start failed: {exc.message}") from None
         self.core = NodeCore(self.config, Validator(), wal, self.shard_count)
         requeued, interrupted = await self.core.recover(entries)
+        if self.membership is not None:
+            self.member = GroupMember(
+                self.membership,
+                self.config.auth_token,
+                self.core.submit,
+                self.core.reply_timeout_ms,
+            )
+            # What this node's log still holds runs here: it owns those entities.
+            self.member.router.claim(sorted({m.key for m in self.core.live.values()}))
+            self.core.placement = self.member
+            self.member.start()
         if requeued or interrupted:
             log.info(
                 "recovered the log: %d enqueued messages will run, %d interrupted ones were "
@@ -229,6 +243,10 @@ class Supervisor:
         pb_grpc.add_AqNodeServicer_to_server(  # type: ignore[no-untyped-call]
             AqNodeService(self.core, self.status, self.config.auth_token), server
         )
+        if self.member is not None:
+            pb_grpc.add_AqPeerServicer_to_server(  # type: ignore[no-untyped-call]
+                AqPeerService(self.member, self.config.auth_token), server
+            )
         try:
             server.add_insecure_port(self.config.listen)
         except RuntimeError as exc:
@@ -497,6 +515,8 @@ class Supervisor:
             self.core.abandon_waiters()
         if self.membership is not None:
             await self.membership.leave()
+        if self.member is not None:
+            await self.member.close()
         if self._server is not None:
             await self._server.stop(grace=1.0)
         if self._metrics_server is not None:

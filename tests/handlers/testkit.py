@@ -259,3 +259,25 @@ class BlockLoop(Command[None]):
 async def block_loop(msg: BlockLoop, ctx: Context) -> None:
     await store().set(f"t:blocking:{msg.name}", ctx.message_id)  # tests wait for this
     time.sleep(msg.seconds)
+
+
+# ---- cluster mode ----------------------------------------------------------------------
+
+
+@entity_type("counter", id_field="name")
+class Span(Command[int]):
+    """Sleeps ``ms``, records ``start:end:pid:message_id:seq``; returns the shard's pid."""
+
+    name: str
+    ms: int = 0
+    seq: int = 0
+
+
+@handles(Span)
+async def span(msg: Span, ctx: Context) -> int:
+    started = time.time()
+    await asyncio.sleep(msg.ms / 1000)
+    ended = time.time()
+    record = f"{started}:{ended}:{os.getpid()}:{ctx.message_id}:{msg.seq}"
+    await store().rpush(f"t:span:{msg.name}", record)
+    return os.getpid()

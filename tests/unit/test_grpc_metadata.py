@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from aqnode.client import rpc_error
-from aqnode.supervisor.grpc_api import _abort
+from aqnode.supervisor.grpc_api import abort
 
 
 def test_review_a_non_ascii_handler_error_keeps_its_code_over_unary_grpc() -> None:
@@ -21,7 +21,7 @@ def test_review_a_non_ascii_handler_error_keeps_its_code_over_unary_grpc() -> No
 
     async def body() -> Any:
         async def handler(request: bytes, context: Any) -> bytes:
-            await _abort(
+            await abort(
                 context,
                 {
                     "code": "HANDLER_ERROR",

@@ -1,0 +1,165 @@
+"""The master's duties: answer petitions from the assignment table, and rebuild the
+table when this node becomes master.
+
+A new master knows nothing of where entities live until every live member has told it
+(``ListWorkers``); until then it answers petitions with ``MASTER_REBUILDING`` rather
+than guess, because a guess could give a second node an entity that one already runs.
+A member that joins later (a new node, or one that restarted) is asked for its list
+too, so an old master that comes back as a replica hands its entities over the same way;
+until it has answered (it may still be starting) it is given no new entities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aqnode import errors
+from aqnode.cluster.assignment import AssignmentTable
+from aqnode.cluster.membership import ClusterState
+from aqnode.cluster.peers import Peers
+
+log = logging.getLogger("aqnode.cluster")
+
+REBUILD_RETRY_S = 0.1  #: a member that did not answer ListWorkers is asked again after
+
+
+class MasterDuties:
+    def __init__(
+        self,
+        server_id: str,
+        state: Callable[[], ClusterState],
+        peers: Peers,
+        own_list: Callable[[], list[str]],
+    ) -> None:
+        self.server_id = server_id
+        self._state = state
+        self._peers = peers
+        self._own_list = own_list
+        self.table: AssignmentTable | None = None  #: ready for petitions at its epoch
+        self._building: asyncio.Task[None] | None = None
+        self._building_epoch = 0
+        self._pulling: set[str] = set()
+        self.rebuilds = 0
+
+    def on_view(self, state: ClusterState) -> None:
+        """Start or stop being master; forget dead members; ask new ones for their lists."""
+        if state.master != self.server_id:
+            if self._building is not None:
+                self._building.cancel()
+                self._building = None
+            self.table = None
+            return
+        table = self.table
+        if table is None or table.epoch != state.epoch:
+            if self._building is None or self._building_epoch != state.epoch:
+                if self._building is not None:
+                    self._building.cancel()
+                self._building_epoch = state.epoch
+                self._building = asyncio.get_running_loop().create_task(self._rebuild(state.epoch))
+            return
+        alive = {m.server_id for m in state.members if m.alive}
+        for gone in [m for m in table.load if m not in alive] + [
+            m for m in table.reported if m not in alive
+        ]:
+            moved = table.forget_member(gone)
+            if moved:
+                log.info("%s is gone: its %d entities get new owners when next asked", gone, moved)
+        for member in state.members:
+            sid = member.server_id
+            if member.alive and sid not in table.reported and sid not in self._pulling:
+                self._pulling.add(sid)
+                asyncio.get_running_loop().create_task(self._pull(table, sid, member.address))
+
+    def answer(self, epoch: int, keys: list[str]) -> list[tuple[str, str]]:
+        """Each key's owner (assigning new ones), for a petition sent at ``epoch``."""
+        state = self._state()
+        if state.master != self.server_id or epoch != state.epoch:
+            raise errors.StaleEpoch(
+                f"{self.server_id} is not the master at epoch {epoch} (it sees master "
+                f"{state.master or '(none)'} at epoch {state.epoch}); ask that one"
+            )
+        table = self.table
+        if table is None or table.epoch != epoch:
+            raise errors.MasterRebuilding(
+                f"{self.server_id} became master at epoch {epoch} and is rebuilding its "
+                "assignment table from the members' lists; retry shortly"
+            )
+        # Only members that have given their lists take new entities: one that is still
+        # starting (in the group, not yet serving) gets them once it answers.
+        live = [m.server_id for m in state.members if m.alive and m.server_id in table.reported]
+        if self.server_id not in live:
+            live.append(self.server_id)
+
+        def usable(sid: str) -> bool:
+            return sid == self.server_id or self._peers.usable(sid)
+
+        return [(key, table.resolve(key, live, usable)) for key in keys]
+
+    async def _rebuild(self, epoch: int) -> None:
+        table = AssignmentTable(epoch)
+        self._note_conflicts(self.server_id, table.record(self.server_id, self._own_list()))
+        asked = 0
+        while True:
+            state = self._state()
+            if state.epoch != epoch or state.master != self.server_id:
+                return  # superseded; on_view starts the next one
+            pending = [
+                m
+                for m in state.members
+                if m.alive and m.server_id != self.server_id and m.server_id not in table.reported
+            ]
+            if not pending:
+                break
+            asked += len(pending)
+            results = await asyncio.gather(
+                *(
+                    self._peers.get(m.server_id, m.address).list_workers(epoch, self.server_id)
+                    for m in pending
+                ),
+                return_exceptions=True,
+            )
+            for member, result in zip(pending, results, strict=True):
+                if isinstance(result, list):
+                    self._note_conflicts(member.server_id, table.record(member.server_id, result))
+                elif isinstance(result, errors.AqError):
+                    log.info(
+                        "rebuild: %s did not list its workers yet (%s)", member.server_id, result
+                    )
+                elif isinstance(result, BaseException):
+                    log.error("rebuild: asking %s failed: %r", member.server_id, result)
+            if any(m.server_id not in table.reported for m in pending):
+                await asyncio.sleep(REBUILD_RETRY_S)
+        self.table = table
+        self.rebuilds += 1
+        log.info(
+            "master at epoch %d: assignment table rebuilt, %d entities from %d members",
+            epoch,
+            len(table),
+            len(table.reported),
+        )
+
+    async def _pull(self, table: AssignmentTable, sid: str, address: str) -> None:
+        try:
+            keys = await self._peers.get(sid, address).list_workers(table.epoch, self.server_id)
+            if self.table is table:
+                self._note_conflicts(sid, table.record(sid, keys))
+                log.info("member %s is placed entities from now on (it owns %d)", sid, len(keys))
+        except errors.AqError as exc:  # still starting, most likely: asked again next view
+            log.debug("asking new member %s for its workers failed (%s)", sid, exc)
+        finally:
+            self._pulling.discard(sid)
+
+    def _note_conflicts(self, sid: str, conflicts: list[str]) -> None:
+        if conflicts:
+            log.error(
+                "%s reports %d entities another member owns already (kept there), e.g. %s",
+                sid,
+                len(conflicts),
+                conflicts[:3],
+            )
+
+    async def close(self) -> None:
+        if self._building is not None:
+            self._building.cancel()
