@@ -29,6 +29,9 @@ from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 log = logging.getLogger("aqnode.cluster")
 
 
+_FAILING = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+
+
 class CircuitBreaker:
     """Closed -> open after ``threshold`` failures in a row -> half-open after
     ``cooldown_s`` (one call through) -> closed on a success, open again on a failure."""
@@ -96,11 +99,35 @@ class Peer:
             ],
         )
         self._stub = pb_grpc.AqPeerStub(self.session.channel)  # type: ignore[no-untyped-call]
+        self._failing_since: float | None = None  # the channel's last fall out of READY
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_channel())
+
+    @property
+    def suspect(self) -> bool:
+        """Its channel has been failing for peer_suspect_debounce_ms (a hint only)."""
+        since = self._failing_since
+        debounce = self.config.peer_suspect_debounce_ms / 1000
+        return since is not None and time.monotonic() - since >= debounce
 
     @property
     def usable(self) -> bool:
-        """Not known to be failing (the breaker is not open)."""
-        return self.breaker.state != "open"
+        """Not known to be failing: the breaker is not open and the channel not suspect."""
+        return self.breaker.state != "open" and not self.suspect
+
+    async def _watch_channel(self) -> None:
+        """Follow the channel's connectivity: a peer whose process died shows up here
+        (connection refused, keepalive lost) before its membership expires."""
+        channel = self.session.channel
+        state = channel.get_state(try_to_connect=False)
+        while True:
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=False)
+            if state == grpc.ChannelConnectivity.READY:
+                self._failing_since = None
+            elif state in _FAILING and self._failing_since is None:
+                self._failing_since = time.monotonic()
+            if state == grpc.ChannelConnectivity.SHUTDOWN:
+                return
 
     def _unreachable(self) -> errors.AqError:
         return errors.Unavailable(
@@ -177,6 +204,7 @@ class Peer:
             self._record(errors.AqError("", code=code) if code == errors.UNAVAILABLE else None)
 
     async def close(self) -> None:
+        self._watcher.cancel()
         await self.session.close()
 
 
@@ -199,6 +227,10 @@ class Peers:
     def usable(self, server_id: str) -> bool:
         peer = self._peers.get(server_id)
         return peer is None or peer.usable
+
+    def health(self) -> list[tuple[str, bool]]:
+        """(server_id, usable) for every peer this node has talked to."""
+        return [(sid, peer.usable) for sid, peer in sorted(self._peers.items())]
 
     async def forget(self, server_id: str) -> None:
         peer = self._peers.pop(server_id, None)

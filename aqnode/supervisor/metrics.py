@@ -256,6 +256,12 @@ class Gauge(_Metric):
             out.append(f"{self.name}{text} {format_value(samples[labels])}")
 
 
+class CountedElsewhere(Gauge):
+    """A monotonic total kept by its owner (a plain int) and read at each scrape."""
+
+    kind = "counter"
+
+
 _M = TypeVar("_M", bound=_Metric)
 
 
@@ -337,6 +343,12 @@ class NodeMetrics:
     ) -> Gauge:
         """Register a gauge read from `callback` at each scrape (workers, queue depth, ...)."""
         return self.registry.gauge(name, help, labels, callback)
+
+    def add_total(
+        self, name: str, help: str, labels: Sequence[str], callback: GaugeCallback
+    ) -> Gauge:
+        """Register a counter whose totals `callback` reads from where they are kept."""
+        return self.registry._add(CountedElsewhere(name, help, labels, callback))
 
     def render(self) -> str:
         return self.registry.render()

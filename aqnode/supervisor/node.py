@@ -32,7 +32,7 @@ from aqnode.cluster.membership import Membership
 from aqnode.config import NodeConfig, encode_config
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
-from aqnode.supervisor.metrics import serve_metrics
+from aqnode.supervisor.metrics import NodeMetrics, serve_metrics
 from aqnode.supervisor.peer_api import AqPeerService
 from aqnode.supervisor.shards import READ_AFTER_EXIT_S, ShardBootFailed, ShardLink
 from aqnode.supervisor.validation import Validator
@@ -291,6 +291,8 @@ class Supervisor:
             (),
             lambda: [((), 1.0 if core.redis_ok else 0.0)],
         )
+        if self.member is not None:
+            _cluster_metrics(metrics, self.member)
         if self.config.metrics_listen is None:
             return
         try:
@@ -584,6 +586,56 @@ class Supervisor:
             live_messages=len(self.core.live) if self.core else 0,
             version=__version__,
         )
+
+
+def _cluster_metrics(metrics: NodeMetrics, member: GroupMember) -> None:
+    router, master, state = member.router, member.master, member.state
+    metrics.add_gauge(
+        "aqnode_cluster_epoch",
+        "The group's epoch as this node sees it.",
+        (),
+        lambda: [((), float(state().epoch))],
+    )
+    metrics.add_gauge(
+        "aqnode_cluster_is_master",
+        "1 on the group's master.",
+        (),
+        lambda: [((), 1.0 if state().master == member.server_id else 0.0)],
+    )
+    metrics.add_gauge(
+        "aqnode_cluster_owned_entities",
+        "Entities this node owns.",
+        (),
+        lambda: [((), float(len(router.owned)))],
+    )
+    metrics.add_gauge(
+        "aqnode_cluster_assigned_entities",
+        "Entities in the master's assignment table (0 elsewhere).",
+        (),
+        lambda: [((), float(len(master.table)) if master.table is not None else 0.0)],
+    )
+    metrics.add_total(
+        "aqnode_cluster_forwarded_total",
+        "Calls forwarded to the node that owns their entity.",
+        (),
+        lambda: [((), float(router.forwarded))],
+    )
+    metrics.add_total(
+        "aqnode_cluster_petitioned_total",
+        "Entities this node asked the master about.",
+        (),
+        lambda: [((), float(router.petitioned))],
+    )
+    metrics.add_total(
+        "aqnode_cluster_rebuilds_total",
+        "Assignment tables this node rebuilt as master.",
+        (),
+        lambda: [((), float(master.rebuilds))],
+    )
+    metrics.add_gauge(
+        "aqnode_cluster_peer_circuit_open", "1 while calls to a peer fail fast.", ("peer",),
+        lambda: [((sid,), 0.0 if usable else 1.0) for sid, usable in member.peers.health()],
+    )  # fmt: skip
 
 
 def _check_port_free(listen: str) -> None:
