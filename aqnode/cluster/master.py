@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 
 from aqnode import errors
+from aqnode.cluster.adoption import Adoption, AdoptionFailed
 from aqnode.cluster.assignment import AssignmentTable
 from aqnode.cluster.membership import ClusterState
 from aqnode.cluster.peers import Peers
@@ -32,16 +33,25 @@ class MasterDuties:
         state: Callable[[], ClusterState],
         peers: Peers,
         own_list: Callable[[], list[str]],
+        new_adoption: Callable[[str], Adoption],
+        placed: Callable[[str, str], None],
     ) -> None:
         self.server_id = server_id
         self._state = state
         self._peers = peers
         self._own_list = own_list
+        self._new_adoption = new_adoption
+        self._placed = placed  # tells this node's router where an adopted entity went
         self.table: AssignmentTable | None = None  #: ready for petitions at its epoch
         self._building: asyncio.Task[None] | None = None
         self._building_epoch = 0
         self._pulling: set[str] = set()
+        #: entities of a dead member whose messages are moving: petitions wait for them
+        self.moving: dict[str, str] = {}
+        self._adopting: dict[str, asyncio.Task[None]] = {}
+        self._adopted: set[str] = set()  #: dead members whose logs moved (this mastership)
         self.rebuilds = 0
+        self.adoptions = 0
 
     def on_view(self, state: ClusterState) -> None:
         """Start or stop being master; forget dead members; ask new ones for their lists."""
@@ -49,7 +59,11 @@ class MasterDuties:
             if self._building is not None:
                 self._building.cancel()
                 self._building = None
+            for task in self._adopting.values():
+                task.cancel()
             self.table = None
+            self.moving.clear()
+            self._adopted.clear()
             return
         table = self.table
         if table is None or table.epoch != state.epoch:
@@ -59,13 +73,14 @@ class MasterDuties:
                 self._building_epoch = state.epoch
                 self._building = asyncio.get_running_loop().create_task(self._rebuild(state.epoch))
             return
-        alive = {m.server_id for m in state.members if m.alive}
-        for gone in [m for m in table.load if m not in alive] + [
-            m for m in table.reported if m not in alive
-        ]:
-            moved = table.forget_member(gone)
-            if moved:
-                log.info("%s is gone: its %d entities get new owners when next asked", gone, moved)
+        for member in state.members:
+            sid = member.server_id
+            if member.alive:
+                self._adopted.discard(sid)  # a later death is adopted again
+            elif sid != self.server_id and sid not in self._adopted and sid not in self._adopting:
+                self._adopting[sid] = asyncio.get_running_loop().create_task(
+                    self._adopt(sid, table)
+                )
         for member in state.members:
             sid = member.server_id
             if member.alive and sid not in table.reported and sid not in self._pulling:
@@ -92,10 +107,18 @@ class MasterDuties:
         if self.server_id not in live:
             live.append(self.server_id)
 
-        def usable(sid: str) -> bool:
-            return sid == self.server_id or self._peers.usable(sid)
+        alive = {m.server_id for m in state.members if m.alive}
+        for key in keys:
+            owner = table.owners.get(key)
+            if key in self.moving or (owner is not None and owner not in alive):
+                raise errors.MasterRebuilding(
+                    f"{key} lived on node {self.moving.get(key) or owner}, which died; its "
+                    "queued messages are moving to a new owner first; retry shortly"
+                )
+        return [(key, table.resolve(key, live, self._usable)) for key in keys]
 
-        return [(key, table.resolve(key, live, usable)) for key in keys]
+    def _usable(self, sid: str) -> bool:
+        return sid == self.server_id or self._peers.usable(sid)
 
     async def _rebuild(self, epoch: int) -> None:
         table = AssignmentTable(epoch)
@@ -131,6 +154,27 @@ class MasterDuties:
                     log.error("rebuild: asking %s failed: %r", member.server_id, result)
             if any(m.server_id not in table.reported for m in pending):
                 await asyncio.sleep(REBUILD_RETRY_S)
+        # The dead members' queued messages go first: their entities are held before
+        # the table answers anyone, so no new call can overtake them.
+        for member in self._state().members:
+            sid = member.server_id
+            if member.alive or sid == self.server_id or sid in self._adopting:
+                continue
+            adoption = self._new_adoption(sid)
+            while True:
+                try:
+                    prepared = await adoption.prepare()
+                    break
+                except errors.AqError as exc:
+                    log.warning("reading dead member %s's log failed (%s); again", sid, exc)
+                    await asyncio.sleep(REBUILD_RETRY_S)
+            if prepared:
+                self._hold(adoption, table)
+                self._adopting[sid] = asyncio.get_running_loop().create_task(
+                    self._adopt(sid, table, adoption)
+                )
+            else:
+                await adoption.close(done=False)
         self.table = table
         self.rebuilds += 1
         log.info(
@@ -139,6 +183,71 @@ class MasterDuties:
             len(table),
             len(table.reported),
         )
+
+    def _hold(self, adoption: Adoption, table: AssignmentTable) -> None:
+        for key in adoption.keys:
+            self.moving[key] = adoption.dead
+        gone = table.forget_member(adoption.dead)
+        log.info(
+            "%s is dead: %d entities get new owners, %d of them after their queued messages moved",
+            adoption.dead,
+            max(gone, len(adoption.keys)),
+            len(adoption.keys),
+        )
+
+    async def _adopt(
+        self, sid: str, table: AssignmentTable, adoption: Adoption | None = None
+    ) -> None:
+        """Move dead member ``sid``'s log (see adoption.py); on failure the next view
+        tries again, its entities held meanwhile."""
+        done = False
+        if adoption is None:
+            adoption = self._new_adoption(sid)
+            try:
+                if not await adoption.prepare():
+                    await adoption.close(done=False)
+                    self._adopting.pop(sid, None)
+                    return
+            except errors.AqError as exc:
+                log.warning("reading dead member %s's log failed (%s); will try again", sid, exc)
+                await adoption.close(done=False)
+                self._adopting.pop(sid, None)
+                return
+            self._hold(adoption, table)
+        try:
+            await adoption.run(lambda key: self._place(key, table), self._release)
+            done = True
+            self._adopted.add(sid)
+            self.adoptions += 1
+            if adoption.entries:
+                log.info(
+                    "adopted %s's log: %d messages moved to their new owners, %d interrupted",
+                    sid,
+                    adoption.moved,
+                    adoption.interrupted,
+                )
+        except (errors.AqError, AdoptionFailed) as exc:
+            log.warning("adopting %s's log failed (%s); will try again", sid, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("adopting %s's log failed; will try again", sid)
+        finally:
+            try:
+                await adoption.close(done=done)
+            except errors.AqError as exc:
+                log.warning("releasing the adoption of %s failed (%s)", sid, exc)
+            self._adopting.pop(sid, None)
+
+    def _release(self, key: str) -> None:
+        self.moving.pop(key, None)
+
+    def _place(self, key: str, table: AssignmentTable) -> None:
+        state = self._state()
+        live = [m.server_id for m in state.members if m.alive and m.server_id in table.reported]
+        if self.server_id not in live:
+            live.append(self.server_id)
+        self._placed(key, table.resolve(key, live, self._usable))
 
     async def _pull(self, table: AssignmentTable, sid: str, address: str) -> None:
         try:
@@ -163,3 +272,7 @@ class MasterDuties:
     async def close(self) -> None:
         if self._building is not None:
             self._building.cancel()
+        tasks = list(self._adopting.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

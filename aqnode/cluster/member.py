@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aqnode import errors
+from aqnode.bus import Envelope, SendResult
+from aqnode.cluster.adoption import Adoption
 from aqnode.cluster.master import MasterDuties
 from aqnode.cluster.membership import ClusterState, Membership
 from aqnode.cluster.peers import Peers
 from aqnode.cluster.router import Router
+from aqnode.config import NodeConfig
 
 if TYPE_CHECKING:
     from aqnode.supervisor.live import Call
@@ -25,24 +28,38 @@ class GroupMember:
     def __init__(
         self,
         membership: Membership,
-        auth_token: str | None,
-        resubmit: Callable[[list[Call]], None],
+        config: NodeConfig,
+        redis: Any,
+        submit: Callable[[list[Call]], None],
+        make_call: Callable[[Envelope, Callable[[SendResult], None]], Call],
         reply_timeout_ms: Callable[[str], int],
     ) -> None:
         self.membership = membership
         self.server_id = membership.server_id
-        config = membership.config
-        self.peers = Peers(config, auth_token)
+        self.peers = Peers(membership.config, config.auth_token)
         self.router = Router(
             self.server_id,
-            config,
+            membership.config,
             self.state,
             self.peers,
             self._ask_master,
-            resubmit,
+            submit,
             reply_timeout_ms,
         )
-        self.master = MasterDuties(self.server_id, self.state, self.peers, self.router.report)
+
+        def new_adoption(dead: str) -> Adoption:
+            return Adoption(
+                dead, self.server_id, membership.store, redis, config, submit, make_call
+            )
+
+        self.master = MasterDuties(
+            self.server_id,
+            self.state,
+            self.peers,
+            self.router.report,
+            new_adoption,
+            self.router.placed,
+        )
         self._epoch = membership.state.epoch
         membership.on_view = self._on_view
 

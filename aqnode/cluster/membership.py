@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 
 from aqnode import errors
 from aqnode.config import ClusterConfig
-from aqnode.wal.group import GroupStore, GroupView, Taken
+from aqnode.wal.group import BeingAdopted, GroupStore, GroupView, Taken
 
 log = logging.getLogger("aqnode.cluster")
+
+ADOPTION_WAIT_S = 60.0  #: seconds a starting node waits for the adoption of its log to end
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +80,27 @@ class Membership:
         live one is a start-up error."""
         ttl = self.config.node_ttl_ms
         deadline = time.monotonic() + (ttl + 2 * self.config.heartbeat_ms) / 1000
+        adoption_deadline = time.monotonic() + ADOPTION_WAIT_S
         said = False
         while True:
             result = await self._heartbeat()
+            if isinstance(result, BeingAdopted):
+                # Declared dead: another node moves this node's messages to their new
+                # owners; rejoining now could run them twice.
+                if time.monotonic() > adoption_deadline:
+                    raise errors.StartupError(
+                        f"node {result.adopter} has been moving this node's messages (it "
+                        f"was declared dead) for over {ADOPTION_WAIT_S:.0f} s; try again later"
+                    )
+                if not said:
+                    log.warning(
+                        "this node was declared dead and %s is moving its messages to their "
+                        "new owners; waiting for that to finish",
+                        result.adopter,
+                    )
+                    said = True
+                await asyncio.sleep(self.config.heartbeat_ms / 1000)
+                continue
             if not isinstance(result, Taken):
                 break
             if time.monotonic() > deadline:
@@ -116,6 +136,15 @@ class Membership:
             await asyncio.sleep(self.config.heartbeat_ms / 1000)
             try:
                 result = await self._heartbeat()
+                if isinstance(result, BeingAdopted):
+                    # The group gave this node up (it could not renew in time) and its
+                    # entities are moving: it must run nothing more.
+                    self._lost(
+                        f"the group declared this node dead (its membership lapsed) and "
+                        f"{result.adopter} is moving its messages; stopping (restart it to "
+                        "rejoin)"
+                    )
+                    return
                 if isinstance(result, Taken):
                     # Another process holds this id (and so this node's log): two writers
                     # of one log could run a message twice. This one stops, saying why.
@@ -155,7 +184,7 @@ class Membership:
         except errors.RedisUnavailable as exc:
             log.warning("could not leave the group (%s); it expires by itself", exc.message)
 
-    async def _heartbeat(self) -> int | Taken:
+    async def _heartbeat(self) -> int | Taken | BeingAdopted:
         return await self.store.heartbeat(
             self.server_id, self.token, self.address, os.getpid(), self.config.node_ttl_ms
         )

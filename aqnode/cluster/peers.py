@@ -137,9 +137,11 @@ class Peer:
         )
 
     def _record(self, error: errors.AqError | None) -> None:
-        if error is None:
+        """An answer from the peer (any but UNAVAILABLE, which is the transport's)
+        closes its breaker; a transport failure counts against it."""
+        if error is None or error.code != errors.UNAVAILABLE:
             self.breaker.succeeded()
-        elif error.code == errors.UNAVAILABLE:
+        else:
             if self.breaker.state == "closed" and self.breaker.failures + 1 >= (
                 self.breaker.threshold
             ):
@@ -168,15 +170,16 @@ class Peer:
     async def _call(self, method: Any, request: Any, deadline_ms: int, guarded: bool = True) -> Any:
         if guarded and not self.breaker.allow():
             raise self._unreachable()
+        error: errors.AqError | None = errors.Unavailable("the call was cancelled")
         try:
             reply = await method(request, timeout=deadline_ms / 1000, metadata=self._metadata)
+            error = None
         except grpc.aio.AioRpcError as exc:
             error = rpc_error(exc, self.address)
+            raise error from None
+        finally:  # every outcome, a cancellation included, settles a half-open probe
             if guarded:
                 self._record(error)
-            raise error from None
-        if guarded:
-            self._record(None)
         return reply
 
     def forward(
@@ -196,12 +199,12 @@ class Peer:
         return future
 
     def _forwarded(self, future: asyncio.Future[SendResult]) -> None:
+        if future.cancelled():  # no answer in time: the router gave up on it
+            self._record(errors.Unavailable("no answer in time"))
+            return
         result = future.result()
-        if result.ok:
-            self._record(None)
-        else:
-            code = (result.error or {}).get("code", "")
-            self._record(errors.AqError("", code=code) if code == errors.UNAVAILABLE else None)
+        code = "" if result.ok else (result.error or {}).get("code", "")
+        self._record(errors.Unavailable("") if code == errors.UNAVAILABLE else None)
 
     async def close(self) -> None:
         self._watcher.cancel()

@@ -13,6 +13,8 @@ the owner's address as a hint for clients that route by themselves.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -66,6 +68,7 @@ class Router:
         self._to_ask: list[str] = []
         self._petitions = asyncio.Semaphore(config.max_concurrent_petitions)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._order = itertools.count(1)  #: arrival order, kept through reroutes
         self.forwarded = 0  #: calls sent on to an owner
         self.petitioned = 0  #: entity keys asked of the master
 
@@ -80,6 +83,8 @@ class Router:
                 f"{self.server_id} is at epoch {state.epoch} and a peer forwarded this call "
                 f"at epoch {call.epoch}; the peer sends it again once both see the same master"
             )
+        if not call.order:
+            call.order = next(self._order)
         waiting = self._waiting.get(key)
         if waiting is not None:  # behind a petition: keep its place
             waiting.append(call)
@@ -93,6 +98,14 @@ class Router:
         self._waiting[key] = [call]
         self._ask(key)
         return False
+
+    def placed(self, key: str, owner: str) -> None:
+        """The master (this node) gave ``key`` to ``owner`` (adoption moves its messages)."""
+        if owner == self.server_id:
+            self.owned.add(key)
+        else:
+            self.owned.discard(key)
+            self.homes[key] = owner
 
     def claim(self, keys: list[str]) -> None:
         """Entities this node runs already (its log's, at start): it owns them."""
@@ -133,10 +146,10 @@ class Router:
         """Ask the master until it answers at the current epoch, for up to a failover's
         length; then the waiting calls fail with the last reason."""
         cfg = self.config
-        deadline = time.monotonic() + (cfg.node_ttl_ms + cfg.leader_debounce_ms + 1000) / 1000
         pause = 0.05
         self.petitioned += len(keys)
         async with self._petitions:
+            deadline = time.monotonic() + (cfg.node_ttl_ms + cfg.leader_debounce_ms + 1000) / 1000
             while True:
                 epoch = self._state().epoch
                 try:
@@ -172,7 +185,8 @@ class Router:
     # ---- forwarding -------------------------------------------------------------------
 
     def _forward(self, call: Call, key: str, owner: str, state: ClusterState) -> None:
-        if call.hops >= self.config.max_forward_hops:
+        max_hops = self.config.max_forward_hops  # 0: unbounded
+        if max_hops and call.hops >= max_hops:
             raise errors.ForwardHopsExceeded(
                 f"{key} was forwarded {call.hops} times without reaching its owner "
                 f"(max_forward_hops = {self.config.max_forward_hops}); the group's view "
@@ -186,14 +200,18 @@ class Router:
             return
         peer = self._peers.get(owner, address)
         env = call.envelope
+        timeout_ms = 0
         if call.wait:  # the owner applies the timeout; this node waits a little longer
-            timeout_ms = call.timeout_ms or self._reply_timeout_ms(env.entity_type)
-            deadline_ms = min(timeout_ms + FORWARD_GRACE_MS, self.config.deadlines.and_wait_ms)
+            timeout_ms = min(
+                call.timeout_ms or self._reply_timeout_ms(env.entity_type),
+                self.config.deadlines.and_wait_ms,
+            )
+            deadline_ms = timeout_ms + FORWARD_GRACE_MS
         else:
             deadline_ms = self.config.deadlines.forward_ms
         self.forwarded += 1
         future = peer.forward(
-            env, wait=call.wait, timeout_ms=call.timeout_ms, epoch=state.epoch, hops=call.hops + 1
+            env, wait=call.wait, timeout_ms=timeout_ms, epoch=state.epoch, hops=call.hops + 1
         )
         loop = asyncio.get_running_loop()
         timer = loop.call_later(deadline_ms / 1000, self._forward_timed_out, future, call, peer)
@@ -214,10 +232,16 @@ class Router:
         code = (result.error or {}).get("code") if not result.ok else None
         if code == errors.STALE_EPOCH and call.reroutes < MAX_REROUTES:
             # The owner and this node see different masters: nothing was written there.
-            # Once the views agree the call goes round again, keeping its place.
+            # The call waits for the master's answer again, ahead of every later call
+            # for its entity (those that went after it come back the same way, in order).
             call.reroutes += 1
             self.homes.pop(key, None)
-            asyncio.get_running_loop().call_later(REROUTE_DELAY_S, self._resubmit, [call])
+            waiting = self._waiting.get(key)
+            if waiting is None:
+                self._waiting[key] = [call]
+                asyncio.get_running_loop().call_later(REROUTE_DELAY_S, self._ask, key)
+            else:
+                bisect.insort(waiting, call, key=lambda c: c.order)
             return
         if code == errors.UNAVAILABLE:
             mid = call.envelope.message_id

@@ -54,6 +54,7 @@ class Call:
     epoch: int = 0
     hops: int = 0
     reroutes: int = 0  #: times this node sent it back through routing (a stale epoch)
+    order: int = 0  #: cluster mode: when it reached routing, so a reroute keeps its place
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,13 @@ import grpc
 import psutil
 
 from aqnode import __version__, errors, ipc
+from aqnode.bus import Envelope, SendResult
 from aqnode.cluster.member import GroupMember
 from aqnode.cluster.membership import Membership
 from aqnode.config import NodeConfig, encode_config
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
+from aqnode.supervisor.live import Call
 from aqnode.supervisor.metrics import NodeMetrics, serve_metrics
 from aqnode.supervisor.peer_api import AqPeerService
 from aqnode.supervisor.shards import READ_AFTER_EXIT_S, ShardBootFailed, ShardLink
@@ -124,8 +127,10 @@ class Supervisor:
         if self.membership is not None:
             self.member = GroupMember(
                 self.membership,
-                self.config.auth_token,
+                self.config,
+                self._redis,
                 self.core.submit,
+                _fire_and_forget,
                 self.core.reply_timeout_ms,
             )
             # What this node's log still holds runs here: it owns those entities.
@@ -586,6 +591,10 @@ class Supervisor:
             live_messages=len(self.core.live) if self.core else 0,
             version=__version__,
         )
+
+
+def _fire_and_forget(envelope: Envelope, reply: Callable[[SendResult], None]) -> Call:
+    return Call(envelope, False, 0, reply)
 
 
 def _cluster_metrics(metrics: NodeMetrics, member: GroupMember) -> None:

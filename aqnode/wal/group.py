@@ -40,6 +40,14 @@ class GroupView:
 
 
 @dataclass(frozen=True, slots=True)
+class BeingAdopted:
+    """The group declared this member dead and another node is moving its log."""
+
+    adopter: str
+    ms_left: int
+
+
+@dataclass(frozen=True, slots=True)
 class Taken:
     """Another live process holds the server id."""
 
@@ -53,7 +61,13 @@ class GroupStore:
         self.keys = keys
         self._scripts = {
             name: load_lua(name)
-            for name in ("group_heartbeat", "group_view", "group_claim", "group_leave")
+            for name in (
+                "group_heartbeat",
+                "group_view",
+                "group_claim",
+                "group_leave",
+                "group_adopt",
+            )
         }
 
     async def _eval(self, name: str, keys: list[str], *args: Any) -> Any:
@@ -62,12 +76,13 @@ class GroupStore:
 
     async def heartbeat(
         self, server_id: str, token: str, address: str, pid: int, ttl_ms: int
-    ) -> int | Taken:
-        """Record a heartbeat; the Redis time it was recorded at, or who holds the id."""
+    ) -> int | Taken | BeingAdopted:
+        """Record a heartbeat; the Redis time it was recorded at, who holds the id, or
+        who is adopting this member's log."""
         info = json.dumps({"token": token, "address": address, "pid": pid})
         reply = await self._eval(
             "group_heartbeat",
-            [self.keys.members, self.keys.info],
+            [self.keys.members, self.keys.info, self.keys.adopting(server_id)],
             server_id,
             token,
             info,
@@ -75,7 +90,35 @@ class GroupStore:
         )
         if int(reply[0]) == 1:
             return int(reply[1])
+        if int(reply[0]) == 2:
+            return BeingAdopted(_text(reply[2]), int(reply[1]))
         return Taken(int(reply[1]), _record(server_id, 0, reply[2]))
+
+    async def adopt(self, dead: str, adopter: str, ttl_ms: int, hold_ms: int) -> bool:
+        """Take (or renew) the right to adopt ``dead``'s log; False if it is alive again
+        or another node holds the right."""
+        reply = await self._eval(
+            "group_adopt",
+            [self.keys.members, self.keys.adopting(dead)],
+            dead,
+            adopter,
+            ttl_ms,
+            "take",
+            hold_ms,
+        )
+        return int(reply) == 1
+
+    async def adopted(self, dead: str, adopter: str) -> None:
+        """Give the right up: ``dead`` may rejoin."""
+        await self._eval(
+            "group_adopt",
+            [self.keys.members, self.keys.adopting(dead)],
+            dead,
+            adopter,
+            0,
+            "release",
+            0,
+        )
 
     async def view(self) -> GroupView:
         reply = await self._eval(

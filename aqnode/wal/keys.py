@@ -16,6 +16,7 @@ that each group script touches one slot::
     <prefix>:{grp:<group>}:members  zset   server id -> last heartbeat (Redis time, ms)
     <prefix>:{grp:<group>}:info     hash   server id -> JSON {token, address, pid, started}
     <prefix>:{grp:<group>}:epoch    hash   {epoch, master}: the recorded master and its epoch
+    <prefix>:{grp:<group>}:adopting:<id>  string  the node adopting dead member <id>'s log
 """
 
 from __future__ import annotations
@@ -80,3 +81,6 @@ class GroupKeys:
     @property
     def epoch(self) -> str:
         return f"{self.base}:epoch"
+
+    def adopting(self, server_id: str) -> str:
+        return f"{self.base}:adopting:{server_id}"

@@ -39,6 +39,7 @@ class LogState(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    MOVED = "moved"  # cluster mode: adopted by another node, now in its new owner's log
     MISSING = "missing"  # a script's word for an entry that is not in the log
 
 
@@ -76,7 +77,7 @@ Callback = Callable[[list[Outcome]], None]
 #: The order kinds are applied in within one commit: an outcome lands before the next
 #: dispatch of the same entity that travelled in the same frame.
 KINDS: Final = ("finish", "retry", "interrupt", "undispatch", "dispatch", "enqueue")
-SCRIPTS: Final = (*KINDS, "cleanup", "dlq_take")
+SCRIPTS: Final = (*KINDS, "cleanup", "dlq_take", "hand_over")
 MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVAL; bounds one script's run time
 MAX_IN_FLIGHT: Final = 2  #: commits sent and not yet answered (double buffering)
 
@@ -237,6 +238,16 @@ class WriteAheadLog:
         args = [repr(self._clock()), mode, self._ttl, *message_ids]
         taken: list[int] = await self._run_script("dlq_take", keys, args)
         return taken
+
+    async def hand_over(self, message_ids: Sequence[str], adopter: str) -> list[Outcome]:
+        """Adoption (cluster mode): these `enqueued` messages are in their new owners'
+        logs now; they leave this one as `moved`."""
+        keys = [self.keys.live, self.keys.done, *(self.keys.entry(i) for i in message_ids)]
+        with translated("Redis (handing messages over)"):
+            reply = await self._run_script(
+                "hand_over", keys, [repr(self._clock()), adopter, *message_ids]
+            )
+        return [outcome_of("hand_over", reply, i) for i in range(len(message_ids))]
 
     async def _run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._shas:

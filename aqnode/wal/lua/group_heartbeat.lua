@@ -5,10 +5,17 @@
 -- ARGV[1]  server id
 -- ARGV[2]  this process's token (random per start)
 -- ARGV[3]  the info JSON to store (it carries the same token)
+-- KEYS[3]  this member's adoption key (see group_adopt.lua)
 -- ARGV[4]  node_ttl_ms: a heartbeat younger than this is a live member
 --
 -- Returns {1, now_ms} when recorded; {0, age_ms, info} when another live process (another
--- token) holds this server id: nothing is written, the caller must not take its place.
+-- token) holds this server id: nothing is written, the caller must not take its place;
+-- {2, ms_left, adopter} while another node adopts this member's log (it was declared
+-- dead): nothing is written, the member may not run anything until that is done.
+local adopter = redis.call('GET', KEYS[3])
+if adopter then
+  return {2, redis.call('PTTL', KEYS[3]), adopter}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last = redis.call('ZSCORE', KEYS[1], ARGV[1])

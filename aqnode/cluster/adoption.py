@@ -1,0 +1,224 @@
+"""Adopting a dead member's log: its messages run on the entities' new owners.
+
+Only the master adopts, and only with the right to (``group_adopt.lua``: refused while
+the member's heartbeat is fresh; while it is held the member cannot rejoin). Then:
+
+1. the log's live entries are read and their entities *held*: the master answers
+   petitions for them with ``MASTER_REBUILDING`` until they have moved, so that no new
+   call overtakes the old ones;
+2. `dispatched` entries may have been running when the node died: they are interrupted
+   (dead-lettered, or requeued with ``on_interrupt = "retry"``), never re-run blindly;
+3. `enqueued` entries are sent to their entities' new owners under their own message ids
+   (an owner that has one already keeps it: adopting twice moves each message once), one
+   message per entity per round so that a refusal cannot let a later message overtake an
+   earlier one, then marked `moved` in the dead node's log.
+
+A failure (Redis, an owner that refuses) leaves the rest held and the log as it is; the
+next view tries again. What moved stays moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from aqnode import errors
+from aqnode.bus import Envelope, SendResult
+from aqnode.catalogue import MSGPACK
+from aqnode.config import NodeConfig
+from aqnode.util.ring import entity_key
+from aqnode.wal import InterruptEntry, LogKeys, LogState, WriteAheadLog
+from aqnode.wal.group import GroupStore
+from aqnode.wal.log import Applied, Outcome
+
+if TYPE_CHECKING:
+    from aqnode.supervisor.live import Call
+
+log = logging.getLogger("aqnode.cluster")
+
+HOLD_MS = 30_000  #: how long the right to adopt lasts unless renewed (each round renews it)
+INTERRUPT_RETRY_FLOOR = 3  #: as on one node: on_interrupt = "retry" runs at most this often
+ROUND_TIMEOUT_S = 30.0  #: seconds one round of moves may take before the adoption fails
+
+
+class AdoptionFailed(Exception):
+    pass
+
+
+class Adoption:
+    """One dead member's log, being moved by this node."""
+
+    def __init__(
+        self,
+        dead: str,
+        me: str,
+        store: GroupStore,
+        redis: Any,
+        config: NodeConfig,
+        submit: Callable[[list[Call]], None],
+        make_call: Callable[[Envelope, Callable[[SendResult], None]], Call],
+    ) -> None:
+        self.dead = dead
+        self.me = me
+        self._store = store
+        self._config = config
+        self._submit = submit
+        self._make_call = make_call
+        self._ttl_ms = config.cluster.node_ttl_ms if config.cluster else 1500
+        self.log = WriteAheadLog(
+            redis,
+            LogKeys(config.key_prefix, dead),
+            entry_ttl_s=config.wal.entry_ttl_s,
+            clock=time.time,
+        )
+        self.entries: list[dict[str, Any]] = []
+        self.keys: set[str] = set()  #: entities held until their messages moved
+        self.moved = 0
+        self.interrupted = 0
+
+    async def prepare(self) -> bool:
+        """Take the right and read the log; False if the member is alive again (or
+        another node adopts it). Afterwards :attr:`keys` holds the entities to hold."""
+        if not await self._store.adopt(self.dead, self.me, self._ttl_ms, HOLD_MS):
+            return False
+        await self.log.start()
+        self.entries = [
+            e
+            for e in await self.log.live_entries()
+            if e.get("state") in (LogState.ENQUEUED, LogState.DISPATCHED)
+        ]
+        self.keys = {entity_key(e["entity_type"], e["entity_id"]) for e in self.entries}
+        return True
+
+    async def run(self, place: Callable[[str], None], release: Callable[[str], None]) -> None:
+        """Interrupt what may have been running, move the rest; ``place(key)`` decides an
+        entity's new owner before its messages go, ``release(key)`` lets petitions for it
+        through once they have."""
+        await self._interrupt()
+        queues: dict[str, list[dict[str, Any]]] = {}
+        for entry in self.entries:  # log order
+            if entry.get("state") == LogState.ENQUEUED:
+                queues.setdefault(entity_key(entry["entity_type"], entry["entity_id"]), []).append(
+                    entry
+                )
+        for key in self.keys - queues.keys():
+            release(key)
+        for key in queues:
+            place(key)
+        while queues:
+            if not await self._store.adopt(self.dead, self.me, self._ttl_ms, HOLD_MS):
+                raise AdoptionFailed(f"lost the right to adopt {self.dead}'s log")
+            heads = [(key, q[0]) for key, q in queues.items()]
+            results = await self._send([entry for _, entry in heads])
+            landed = [
+                entry["id"] for (_, entry), result in zip(heads, results, strict=True) if result.ok
+            ]
+            if landed:
+                await self._hand_over(landed)
+            failed = []
+            for (key, entry), result in zip(heads, results, strict=True):
+                if not result.ok:
+                    failed.append(f"{entry['id']}: {(result.error or {}).get('message', '?')}")
+                    continue
+                queues[key].pop(0)
+                if not queues[key]:
+                    del queues[key]
+                    release(key)
+            if failed:
+                raise AdoptionFailed(
+                    f"{len(failed)} messages of {self.dead} could not move yet, e.g. {failed[0]}"
+                )
+
+    async def _interrupt(self) -> None:
+        running = [e for e in self.entries if e.get("state") == LogState.DISPATCHED]
+        if not running:
+            return
+        entries = []
+        for e in running:
+            error = errors.Interrupted(
+                f"node {self.dead} died while message {e['id']} may have been running; the "
+                "system does not run it again (strictly once, fail if interrupted)"
+            )
+            entries.append(
+                InterruptEntry(e["id"], self._retries(e), msgspec.msgpack.encode(error.to_dict()))
+            )
+        outcomes = await _committed(self.log.interrupt, entries)
+        for e, outcome in zip(running, outcomes, strict=True):
+            match outcome:
+                case Applied(to=LogState.ENQUEUED):
+                    e["state"] = LogState.ENQUEUED  # on_interrupt = "retry": it moves too
+                case Applied():
+                    e["state"] = LogState.INTERRUPTED
+                    self.interrupted += 1
+                    log.warning(
+                        "%s %s of %s:%s was interrupted by the death of node %s and dead-lettered",
+                        e.get("message"),
+                        e["id"],
+                        e.get("entity_type"),
+                        e.get("entity_id"),
+                        self.dead,
+                    )
+                case _:
+                    raise AdoptionFailed(f"interrupting {e['id']} failed: {outcome}")
+
+    def _retries(self, entry: dict[str, Any]) -> bool:
+        etype = str(entry.get("entity_type", ""))
+        if self._config.entity(etype).on_interrupt != "retry":
+            return False
+        limit = max(self._config.retry_for(etype).max_attempts, INTERRUPT_RETRY_FLOOR)
+        return int(entry.get("attempts", 0)) < limit
+
+    async def _send(self, entries: list[dict[str, Any]]) -> list[SendResult]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[SendResult]] = []
+        calls = []
+        for e in entries:
+            future: asyncio.Future[SendResult] = loop.create_future()
+            futures.append(future)
+            env = Envelope(
+                e["entity_type"], e["message"], e["entity_id"], e["payload"], MSGPACK, e["id"]
+            )
+            calls.append(self._make_call(env, _setter(future)))
+        self._submit(calls)
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futures), ROUND_TIMEOUT_S))
+        except TimeoutError:
+            raise AdoptionFailed("the new owners did not acknowledge in time") from None
+
+    async def _hand_over(self, ids: list[str]) -> None:
+        for mid, outcome in zip(ids, await self.log.hand_over(ids, self.me), strict=True):
+            if isinstance(outcome, Applied):
+                self.moved += 1
+            elif getattr(outcome, "state", "") != LogState.MOVED:
+                raise AdoptionFailed(f"marking {mid} moved failed: {outcome}")
+
+    async def close(self, *, done: bool) -> None:
+        if done:
+            await self._store.adopted(self.dead, self.me)
+        await self.log.close()
+
+
+def _setter(future: asyncio.Future[SendResult]) -> Callable[[SendResult], None]:
+    def reply(result: SendResult) -> None:
+        if not future.done():
+            future.set_result(result)
+
+    return reply
+
+
+async def _committed(
+    transition: Callable[[list[Any], Callable[[list[Outcome]], None]], None], items: list[Any]
+) -> list[Outcome]:
+    future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+
+    def done(outcomes: list[Outcome]) -> None:
+        if not future.done():
+            future.set_result(outcomes)
+
+    transition(items, done)
+    return await future

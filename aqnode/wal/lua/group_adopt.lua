@@ -1,0 +1,26 @@
+-- group_adopt: take, renew or release the right to adopt a dead member's log.
+--
+-- KEYS[1]  the group's members zset (server id -> last heartbeat, Redis time in ms)
+-- KEYS[2]  the adoption key of the dead member (string: the adopter's server id)
+-- ARGV[1]  the dead member's server id
+-- ARGV[2]  the adopter's server id
+-- ARGV[3]  node_ttl_ms: a member whose heartbeat is younger is alive and is not adopted
+-- ARGV[4]  'take' (also renews) or 'release'
+-- ARGV[5]  take: how long the right lasts (ms) unless renewed
+--
+-- Returns 1 when taken (or released), 0 when the member is alive again, or another
+-- node holds the right. While the key exists the member cannot rejoin (group_heartbeat).
+local holder = redis.call('GET', KEYS[2])
+if ARGV[4] == 'release' then
+  if holder == ARGV[2] then redis.call('DEL', KEYS[2]) end
+  return 1
+end
+if holder and holder ~= ARGV[2] then return 0 end
+if not holder then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if last and now - tonumber(last) < tonumber(ARGV[3]) then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
+return 1
