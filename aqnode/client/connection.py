@@ -102,6 +102,7 @@ class Connection:
         timeout_ms: int = 0,
         epoch: int = 0,
         hops: int = 0,
+        assigned: bool = False,
     ) -> list[asyncio.Future[SendResult]]:
         """Queue ``envelopes`` on the stream, in order; one future each."""
         self.connect()
@@ -127,6 +128,7 @@ class Connection:
                     timeout_ms=timeout_ms,
                     epoch=epoch,
                     hops=hops,
+                    assigned=assigned,
                 )
             )
         self._outbox_ready.set()

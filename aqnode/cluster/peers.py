@@ -183,7 +183,14 @@ class Peer:
         return reply
 
     def forward(
-        self, env: Envelope, *, wait: bool, timeout_ms: int, epoch: int, hops: int
+        self,
+        env: Envelope,
+        *,
+        wait: bool,
+        timeout_ms: int,
+        epoch: int,
+        hops: int,
+        assigned: bool = False,
     ) -> asyncio.Future[SendResult]:
         """Post one call to this peer's ``Session`` stream (in order with the others)."""
         if not self.breaker.allow():
@@ -193,7 +200,7 @@ class Peer:
             )
             return future
         (future,) = self.session.post(
-            [env], wait=wait, timeout_ms=timeout_ms, epoch=epoch, hops=hops
+            [env], wait=wait, timeout_ms=timeout_ms, epoch=epoch, hops=hops, assigned=assigned
         )
         future.add_done_callback(self._forwarded)
         return future

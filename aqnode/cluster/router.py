@@ -85,8 +85,14 @@ class Router:
             )
         if not call.order:
             call.order = next(self._order)
+        if call.adopted and call.epoch:
+            # The master moves a dead node's message here: this node owns the entity now
+            # (the master holds every other call for it until its messages have moved).
+            self.owned.add(key)
+            self.homes.pop(key, None)
+            return True
         waiting = self._waiting.get(key)
-        if waiting is not None:  # behind a petition: keep its place
+        if waiting is not None and not call.adopted:  # behind a petition: keep its place
             waiting.append(call)
             return False
         if key in self.owned:
@@ -211,7 +217,12 @@ class Router:
             deadline_ms = self.config.deadlines.forward_ms
         self.forwarded += 1
         future = peer.forward(
-            env, wait=call.wait, timeout_ms=timeout_ms, epoch=state.epoch, hops=call.hops + 1
+            env,
+            wait=call.wait,
+            timeout_ms=timeout_ms,
+            epoch=state.epoch,
+            hops=call.hops + 1,
+            assigned=call.adopted,
         )
         loop = asyncio.get_running_loop()
         timer = loop.call_later(deadline_ms / 1000, self._forward_timed_out, future, call, peer)
@@ -268,7 +279,7 @@ class Router:
             return
         future.cancel()
         mid = call.envelope.message_id
-        kind = "a reply" if call.wait else "an acknowledgement"
+        kind = "reply" if call.wait else "acknowledgement"
         call.reply(
             SendResult(
                 mid,

@@ -184,6 +184,7 @@ class AqNodeService(pb_grpc.AqNodeServicer):
                             reply_for(c.call_id),
                             epoch=c.epoch,
                             hops=c.hops,
+                            adopted=c.assigned,
                         )
                         for c in frame.calls
                     ]

@@ -55,6 +55,9 @@ class Call:
     hops: int = 0
     reroutes: int = 0  #: times this node sent it back through routing (a stale epoch)
     order: int = 0  #: cluster mode: when it reached routing, so a reroute keeps its place
+    #: cluster mode: a dead node's message moving to its entity's new owner (adoption);
+    #: it goes ahead of the calls for that entity waiting here for the master
+    adopted: bool = False
 
 
 @dataclass(slots=True)

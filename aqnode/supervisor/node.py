@@ -130,7 +130,7 @@ class Supervisor:
                 self.config,
                 self._redis,
                 self.core.submit,
-                _fire_and_forget,
+                _adopted_call,
                 self.core.reply_timeout_ms,
             )
             # What this node's log still holds runs here: it owns those entities.
@@ -593,8 +593,8 @@ class Supervisor:
         )
 
 
-def _fire_and_forget(envelope: Envelope, reply: Callable[[SendResult], None]) -> Call:
-    return Call(envelope, False, 0, reply)
+def _adopted_call(envelope: Envelope, reply: Callable[[SendResult], None]) -> Call:
+    return Call(envelope, False, 0, reply, adopted=True)
 
 
 def _cluster_metrics(metrics: NodeMetrics, member: GroupMember) -> None:

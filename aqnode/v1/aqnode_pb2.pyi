@@ -81,20 +81,22 @@ class EnqueueAndWaitReply(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., reply: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "envelope", "wait", "timeout_ms", "epoch", "hops")
+    __slots__ = ("call_id", "envelope", "wait", "timeout_ms", "epoch", "hops", "assigned")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     envelope: Envelope
     wait: bool
     timeout_ms: int
     epoch: int
     hops: int
-    def __init__(self, call_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ...) -> None: ...
+    assigned: bool
+    def __init__(self, call_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., assigned: _Optional[bool] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
     __slots__ = ("calls",)

@@ -276,6 +276,7 @@ class Span(Command[int]):
 @handles(Span)
 async def span(msg: Span, ctx: Context) -> int:
     started = time.time()
+    await store().rpush(f"t:span-start:{msg.name}", ctx.message_id)
     await asyncio.sleep(msg.ms / 1000)
     ended = time.time()
     record = f"{started}:{ended}:{os.getpid()}:{ctx.message_id}:{msg.seq}"

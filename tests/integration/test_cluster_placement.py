@@ -19,6 +19,7 @@ import redis
 
 from aqnode.client import Client, SyncClient
 from aqnode.errors import AqError, HandlerError
+from aqnode.wal.dlq import DeadLetterQueue
 from tests.handlers.testkit import Fail, Get, Incr, Span, WhoRuns
 from tests.integration.test_cluster_membership import CLUSTER, FAILOVER_BOUND_S, agreed
 from tests.node_fixture import Node, running_node
@@ -233,3 +234,49 @@ def test_the_group_serves_again_after_its_master_dies(tmp_path: Path, redis_url:
         finally:
             for c in clients:
                 c.close()
+
+
+@pytest.mark.parametrize("victim", ["n1", "n3"], ids=["master", "replica"])
+def test_a_dead_nodes_queued_messages_run_on_the_survivors_in_order(
+    tmp_path: Path, redis_url: str, victim: str
+) -> None:
+    """kill -9 of the entity's owner: its running message is dead-lettered `interrupted`,
+    its queued ones run on a new owner in their original order, and a call sent after
+    the death runs after them (SPEC 10.1 "A dead node's log is adopted")."""
+    r = redis.Redis.from_url(redis_url)
+    with group(tmp_path, redis_url) as nodes:
+        by_id = dict(zip(IDS, nodes, strict=True))
+        owner_of_pid = {pid: sid for sid, n in by_id.items() for pid in shard_pids(n)}
+        survivor = next(n for sid, n in by_id.items() if sid != victim)
+        name = ""
+        with SyncClient(survivor.address, follow_owners=False) as client:
+            for i in range(100):  # an entity that lives on the victim
+                candidate = f"adopt-{victim}-{i}"
+                if owner_of_pid[client.enqueue_and_wait(WhoRuns(name=candidate))] == victim:
+                    name = candidate
+                    break
+            assert name
+            running = client.enqueue(Span(name=name, ms=60_000))
+            wait_for(lambda: r.lrange(f"t:span-start:{name}", 0, -1) == [running.encode()], 10)
+            queued = [client.enqueue(Incr(name=name, sender="s", seq=seq)) for seq in range(10)]
+            kill_node(by_id[victim])
+            # The first call after the death waits for the move (a short retry at most).
+            late = None
+            deadline = time.monotonic() + 30
+            while late is None and time.monotonic() < deadline:
+                try:
+                    late = client.enqueue(Incr(name=name, sender="s", seq=10))
+                except AqError as exc:
+                    assert exc.code in ("UNAVAILABLE", "MASTER_REBUILDING"), exc
+            assert late is not None
+            key = f"t:order:{name}:s"
+            wait_for(lambda: r.llen(key) == 11, timeout=30)
+            assert [int(x) for x in r.lrange(key, 0, -1)] == list(range(11))
+            assert int(r.get(f"t:counter:{name}") or 0) == 11
+            ran = [x.decode() for x in r.lrange("t:ran", 0, -1)]
+            assert all(ran.count(mid) == 1 for mid in [*queued, late])
+            letters = {d.id: d for d in DeadLetterQueue(r, "aq").entries()}
+            assert letters[running].reason == "interrupted"
+            assert r.llen(f"t:span:{name}") == 0  # it never finished, and never ran again
+            # Its new owner is a survivor, and it answers there.
+            assert owner_of_pid[client.enqueue_and_wait(WhoRuns(name=name))] != victim

@@ -407,7 +407,14 @@ class FakePeer:
         self.forwarded: list[Forwarded] = []
 
     def forward(
-        self, env: Envelope, *, wait: bool, timeout_ms: int, epoch: int, hops: int
+        self,
+        env: Envelope,
+        *,
+        wait: bool,
+        timeout_ms: int,
+        epoch: int,
+        hops: int,
+        assigned: bool = False,
     ) -> asyncio.Future[SendResult]:
         future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         self.forwarded.append(Forwarded(env, wait, timeout_ms, epoch, hops, future))
@@ -685,8 +692,8 @@ def test_forward_without_an_answer_in_time_is_unavailable() -> None:
             assert error["code"] == errors.UNAVAILABLE
             assert error["message_id"] == mid
             assert mid in error["message"]
-        assert "an acknowledgement" in _error(replies[0][1])["message"]
-        assert "a reply" in _error(replies[1][1])["message"]
+        assert "no acknowledgement" in _error(replies[0][1])["message"]
+        assert "no reply" in _error(replies[1][1])["message"]
         assert all(f.future.cancelled() for f in h.peer().forwarded)
         assert h.resubmits == []
 
