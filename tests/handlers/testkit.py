@@ -266,11 +266,12 @@ async def block_loop(msg: BlockLoop, ctx: Context) -> None:
 
 @entity_type("counter", id_field="name")
 class Span(Command[int]):
-    """Sleeps ``ms``, records ``start:end:pid:message_id:seq``; returns the shard's pid."""
+    """Sleeps ``ms``, records ``start:end:pid:message_id:seq:sender``; returns the pid."""
 
     name: str
     ms: int = 0
     seq: int = 0
+    sender: str = ""
 
 
 @handles(Span)
@@ -279,6 +280,6 @@ async def span(msg: Span, ctx: Context) -> int:
     await store().rpush(f"t:span-start:{msg.name}", ctx.message_id)
     await asyncio.sleep(msg.ms / 1000)
     ended = time.time()
-    record = f"{started}:{ended}:{os.getpid()}:{ctx.message_id}:{msg.seq}"
+    record = f"{started}:{ended}:{os.getpid()}:{ctx.message_id}:{msg.seq}:{msg.sender}"
     await store().rpush(f"t:span:{msg.name}", record)
     return os.getpid()
