@@ -180,7 +180,7 @@ class Membership:
     async def leave(self) -> None:
         """Leave the group at once (a stopping node), so that others need not wait."""
         try:
-            await self.store.leave(self.server_id, self.token)
+            await self.store.leave(self.server_id, self.token, self.config.node_ttl_ms)
         except errors.RedisUnavailable as exc:
             log.warning("could not leave the group (%s); it expires by itself", exc.message)
 

@@ -614,7 +614,8 @@ class NodeCore:
             else:
                 error = errors.Draining(
                     f"the node stopped before message {msg.message_id} ran; it stays in the "
-                    "log and runs when the node starts again"
+                    "log and runs when the node starts again (in a cluster: on its entity's "
+                    "new owner, soon)"
                 )
             self.ledger.drop(msg, failure(msg.message_id, error), keep=True)
 

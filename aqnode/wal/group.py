@@ -139,9 +139,10 @@ class GroupStore:
         reply = await self._eval("group_claim", [self.keys.epoch], master, seen_epoch)
         return int(reply[0]), _text(reply[1])
 
-    async def leave(self, server_id: str, token: str) -> bool:
+    async def leave(self, server_id: str, token: str, ttl_ms: int) -> bool:
+        """Be listed dead at once (the master then adopts what the log still holds)."""
         reply = await self._eval(
-            "group_leave", [self.keys.members, self.keys.info], server_id, token
+            "group_leave", [self.keys.members, self.keys.info], server_id, token, ttl_ms
         )
         return int(reply) == 1
 

@@ -6,6 +6,7 @@ semantics, clients with several addresses move on, the group serves after its ma
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -280,3 +281,39 @@ def test_a_dead_nodes_queued_messages_run_on_the_survivors_in_order(
             assert r.llen(f"t:span:{name}") == 0  # it never finished, and never ran again
             # Its new owner is a survivor, and it answers there.
             assert owner_of_pid[client.enqueue_and_wait(WhoRuns(name=name))] != victim
+
+
+def test_a_stopping_node_hands_its_queued_messages_over(tmp_path: Path, redis_url: str) -> None:
+    """SIGTERM: the running handler finishes (its waiter, through another node, gets the
+    reply), the node leaves at once, and its queued messages run on a new owner in order
+    without waiting for a restart (SPEC 10.1 "Leaving")."""
+    r = redis.Redis.from_url(redis_url)
+    with group(tmp_path, redis_url) as nodes:
+        by_id = dict(zip(IDS, nodes, strict=True))
+        owner_of_pid = {pid: sid for sid, n in by_id.items() for pid in shard_pids(n)}
+        leaving_pids = shard_pids(by_id["n3"])
+        with (
+            SyncClient(by_id["n1"].address, follow_owners=False) as client,
+            SyncClient(by_id["n2"].address, follow_owners=False) as other,
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+        ):
+            name = next(
+                f"leave-{i}"
+                for i in range(100)
+                if owner_of_pid[client.enqueue_and_wait(WhoRuns(name=f"leave-{i}"))] == "n3"
+            )
+            waiter = pool.submit(other.enqueue_and_wait, Span(name=name, ms=1500), timeout=30)
+            wait_for(lambda: r.llen(f"t:span-start:{name}") == 1, timeout=10)
+            queued = [client.enqueue(Incr(name=name, sender="s", seq=seq)) for seq in range(5)]
+            stopped = time.monotonic()
+            by_id["n3"].proc.send_signal(signal.SIGTERM)
+            assert waiter.result(30) in leaving_pids  # drained: it finished and answered
+            assert by_id["n3"].proc.wait(30) == 0
+            key = f"t:order:{name}:s"
+            wait_for(lambda: r.llen(key) == 5, timeout=30)
+            took = time.monotonic() - stopped
+            assert [int(x) for x in r.lrange(key, 0, -1)] == list(range(5))
+            ran = [x.decode() for x in r.lrange("t:ran", 0, -1)]
+            assert all(ran.count(mid) == 1 for mid in queued)
+            assert r.llen(f"t:span:{name}") == 1  # the running one finished, once
+            print(f"queued messages ran elsewhere {took:.2f} s after SIGTERM")
