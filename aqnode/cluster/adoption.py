@@ -87,6 +87,9 @@ class Adoption:
         if not await self._store.adopt(self.dead, self.me, self._ttl_ms, HOLD_MS):
             return False
         await self.log.start()
+        # From here its log starts nothing and takes nothing, should the node still be
+        # running (paused, cut off): what is read below is all there is to move.
+        await self.log.fence(self.me)
         self.entries = [
             e
             for e in await self.log.live_entries()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from aqnode import errors
 from aqnode.config import ClusterConfig
-from aqnode.wal.group import BeingAdopted, GroupStore, GroupView, Taken
+from aqnode.wal.group import BeingAdopted, Fenced, GroupStore, GroupView, Taken
 
 log = logging.getLogger("aqnode.cluster")
 
@@ -69,6 +69,8 @@ class Membership:
         self._candidate_since = 0.0
         #: called after every view that Redis answered (placement follows the group)
         self.on_view: Callable[[ClusterState], None] | None = None
+        #: called (instead of ``lost``) when the group declared this node dead
+        self.declared_dead: Callable[[str], None] | None = None
 
     @property
     def role(self) -> str:
@@ -101,6 +103,11 @@ class Membership:
                     said = True
                 await asyncio.sleep(self.config.heartbeat_ms / 1000)
                 continue
+            if isinstance(result, Fenced):  # not for a new token; said for completeness
+                raise errors.StartupError(
+                    f"this node was declared dead and {result.adopter} adopted its log; "
+                    "start it again"
+                )
             if not isinstance(result, Taken):
                 break
             if time.monotonic() > deadline:
@@ -136,13 +143,13 @@ class Membership:
             await asyncio.sleep(self.config.heartbeat_ms / 1000)
             try:
                 result = await self._heartbeat()
-                if isinstance(result, BeingAdopted):
+                if isinstance(result, BeingAdopted | Fenced):
                     # The group gave this node up (it could not renew in time) and its
-                    # entities are moving: it must run nothing more.
-                    self._lost(
+                    # entities are moving or have moved: it must run nothing more.
+                    (self.declared_dead or self._lost)(
                         f"the group declared this node dead (its membership lapsed) and "
-                        f"{result.adopter} is moving its messages; stopping (restart it to "
-                        "rejoin)"
+                        f"{result.adopter} moved its messages to other nodes; stopping "
+                        "(restart it to rejoin)"
                     )
                     return
                 if isinstance(result, Taken):
@@ -184,7 +191,7 @@ class Membership:
         except errors.RedisUnavailable as exc:
             log.warning("could not leave the group (%s); it expires by itself", exc.message)
 
-    async def _heartbeat(self) -> int | Taken | BeingAdopted:
+    async def _heartbeat(self) -> int | Taken | BeingAdopted | Fenced:
         return await self.store.heartbeat(
             self.server_id, self.token, self.address, os.getpid(), self.config.node_ttl_ms
         )

@@ -70,6 +70,8 @@ class NodeCore:
         self.draining = False
         self.redis_ok = True  # set by the supervisor's health check
         self.placement: Placement = Standalone()  # cluster mode: the group member
+        #: cluster mode: the log refused a write because the group declared this node dead
+        self.on_fenced: Callable[[], None] | None = None
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
         self._entity_limits = {
@@ -273,6 +275,10 @@ class NodeCore:
                     msg = self._accepted(a, now)
                     if msg is not None:
                         never_started.append(msg)
+                case Refused(LogState.FENCED):
+                    self.ledger.release(a.key)
+                    a.call.reply(failure(a.message_id, _fenced_error(a.message_id)))
+                    self._fenced()
                 case Refused(state):  # the id was known to the log already
                     self.ledger.release(a.key)
                     self._duplicate(a, state)
@@ -484,6 +490,12 @@ class NodeCore:
                 if msg is not None and msg.state == State.DISPATCHING:
                     msg.state = State.ENQUEUED
                 return ipc.DispatchResult(mid, False, error.to_dict(), again=True)
+            case Refused(state=LogState.FENCED):
+                # Declared dead: its messages belong to their new owners now. Never run.
+                self._fenced()
+                if msg is not None:
+                    self.ledger.drop(msg, failure(mid, _fenced_error(mid)))
+                return ipc.DispatchResult(mid, False, _fenced_error(mid).to_dict())
             case Refused(state=LogState.DISPATCHED) if msg is not None:
                 # An earlier dispatch of it landed although its reply was lost; the shard
                 # was told to wait, so it never started: take the mark back, ask again.
@@ -594,6 +606,10 @@ class NodeCore:
         if again:
             asyncio.get_running_loop().call_later(LOG_RETRY_S, self._finish, again)
 
+    def _fenced(self) -> None:
+        if self.on_fenced is not None:
+            self.on_fenced()
+
     def abandon_waiters(self) -> None:
         """At shutdown: nobody will answer the remaining waiters later, so answer now."""
         for msg in list(self.ledger.live.values()):
@@ -634,6 +650,15 @@ def _log_failure(msg: LiveMessage, error: dict[str, Any]) -> None:
     trace = error.get("remote_traceback")
     if trace:
         log.debug("%s %s traceback:\n%s", msg.message, msg.message_id, trace)
+
+
+def _fenced_error(message_id: str) -> errors.AqError:
+    return errors.Unavailable(
+        f"this node's group declared it dead and moved its entities to other nodes, so "
+        f"its log refused message {message_id}; send it to another node of the group "
+        f"(same message_id)",
+        message_id=message_id,
+    )
 
 
 def _utf8_size(text: str, limit: int) -> int:

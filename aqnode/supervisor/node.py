@@ -97,6 +97,7 @@ class Supervisor:
         self.membership: Membership | None = None  # cluster mode only
         self.member: GroupMember | None = None  # cluster mode: placement, peers, master
         self._metrics_server: asyncio.Server | None = None
+        self._fenced_out = False  # declared dead by the group: stop without draining
 
     # ---- start ------------------------------------------------------------------------
 
@@ -118,6 +119,8 @@ class Supervisor:
         )
         try:
             await wal.start()
+            if self.membership is not None:
+                await wal.unfence()  # a new process, joined afresh: its log serves again
             await wal.register_node()
             entries = await wal.live_entries()
         except errors.RedisUnavailable as exc:
@@ -136,6 +139,7 @@ class Supervisor:
             # What this node's log still holds runs here: it owns those entities.
             self.member.router.claim(sorted({m.key for m in self.core.live.values()}))
             self.core.placement = self.member
+            self.core.on_fenced = self._fenced
             self.member.start()
         if requeued or interrupted:
             log.info(
@@ -228,6 +232,7 @@ class Supervisor:
         )
         address = cluster.advertised or self.config.listen
         self.membership = Membership(store, cluster, self.server_id, address, self._halt)
+        self.membership.declared_dead = self._fenced
         try:
             await self.membership.join()
         except errors.RedisUnavailable as exc:
@@ -322,6 +327,16 @@ class Supervisor:
                 return
             if event == "fatal":
                 return
+
+    def _fenced(self, reason: str = "") -> None:
+        """Declared dead, entities moved: stop, and end running handlers at once (their
+        messages were interrupted by the node that adopted the log; fail if interrupted)."""
+        self._fenced_out = True
+        self._halt(
+            reason
+            or "the group declared this node dead (its membership lapsed) and moved its "
+            "entities to other nodes; stopping (restart it to rejoin)"
+        )
 
     def _halt(self, reason: str) -> None:
         self.fatal = reason
@@ -511,7 +526,11 @@ class Supervisor:
         # dead-lettered at the next start: fail if interrupted).
         impatient = asyncio.get_running_loop().create_task(self._kill_on_second_signal(links))
         try:
-            await asyncio.gather(*(link.stop(self.config.drain_timeout_ms) for link in links))
+            if self._fenced_out:
+                for link in links:
+                    link.kill()
+            else:
+                await asyncio.gather(*(link.stop(self.config.drain_timeout_ms) for link in links))
         finally:
             impatient.cancel()
         if self._watchers:  # each reads its shard's last frames, then shard_down

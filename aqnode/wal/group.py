@@ -48,6 +48,13 @@ class BeingAdopted:
 
 
 @dataclass(frozen=True, slots=True)
+class Fenced:
+    """This process was declared dead and its log adopted: it must stop."""
+
+    adopter: str
+
+
+@dataclass(frozen=True, slots=True)
 class Taken:
     """Another live process holds the server id."""
 
@@ -76,13 +83,18 @@ class GroupStore:
 
     async def heartbeat(
         self, server_id: str, token: str, address: str, pid: int, ttl_ms: int
-    ) -> int | Taken | BeingAdopted:
+    ) -> int | Taken | BeingAdopted | Fenced:
         """Record a heartbeat; the Redis time it was recorded at, who holds the id, or
         who is adopting this member's log."""
         info = json.dumps({"token": token, "address": address, "pid": pid})
         reply = await self._eval(
             "group_heartbeat",
-            [self.keys.members, self.keys.info, self.keys.adopting(server_id)],
+            [
+                self.keys.members,
+                self.keys.info,
+                self.keys.adopting(server_id),
+                self.keys.fenced(server_id),
+            ],
             server_id,
             token,
             info,
@@ -92,6 +104,8 @@ class GroupStore:
             return int(reply[1])
         if int(reply[0]) == 2:
             return BeingAdopted(_text(reply[2]), int(reply[1]))
+        if int(reply[0]) == 3:
+            return Fenced(_text(reply[2]))
         return Taken(int(reply[1]), _record(server_id, 0, reply[2]))
 
     async def adopt(self, dead: str, adopter: str, ttl_ms: int, hold_ms: int) -> bool:
@@ -99,7 +113,7 @@ class GroupStore:
         or another node holds the right."""
         reply = await self._eval(
             "group_adopt",
-            [self.keys.members, self.keys.adopting(dead)],
+            [self.keys.members, self.keys.adopting(dead), self.keys.fenced(dead)],
             dead,
             adopter,
             ttl_ms,
@@ -112,7 +126,7 @@ class GroupStore:
         """Give the right up: ``dead`` may rejoin."""
         await self._eval(
             "group_adopt",
-            [self.keys.members, self.keys.adopting(dead)],
+            [self.keys.members, self.keys.adopting(dead), self.keys.fenced(dead)],
             dead,
             adopter,
             0,

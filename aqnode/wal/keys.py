@@ -8,6 +8,8 @@ touches a batch of entries touches one slot and runs unchanged on Redis Cluster:
     <prefix>:{<node>}:done         zset     id -> finished_at, terminal entries to clean
     <prefix>:{<node>}:dlq          zset     id -> dead_lettered_at, the dead-letter queue
     <prefix>:{<node>}:m:<id>       hash     one message (state, payload, times, outcome)
+    <prefix>:{<node>}:fence        string   cluster: set when the node was declared dead
+                                            and its log adopted (no enqueue, no dispatch)
     <prefix>:nodes                 set      every node id that ever wrote a log here
 
 A cluster's service group has keys of its own, under the hash tag ``{grp:<group>}``, so
@@ -17,6 +19,7 @@ that each group script touches one slot::
     <prefix>:{grp:<group>}:info     hash   server id -> JSON {token, address, pid, started}
     <prefix>:{grp:<group>}:epoch    hash   {epoch, master}: the recorded master and its epoch
     <prefix>:{grp:<group>}:adopting:<id>  string  the node adopting dead member <id>'s log
+    <prefix>:{grp:<group>}:fenced:<id>    string  set when <id> was declared dead and adopted
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class LogKeys:
         return f"{self.base}:dlq"
 
     @property
+    def fence(self) -> str:
+        return f"{self.base}:fence"
+
+    @property
     def nodes(self) -> str:
         return nodes_key(self.prefix)
 
@@ -84,3 +91,6 @@ class GroupKeys:
 
     def adopting(self, server_id: str) -> str:
         return f"{self.base}:adopting:{server_id}"
+
+    def fenced(self, server_id: str) -> str:
+        return f"{self.base}:fenced:{server_id}"

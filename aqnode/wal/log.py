@@ -40,6 +40,9 @@ class LogState(enum.StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     MOVED = "moved"  # cluster mode: adopted by another node, now in its new owner's log
+    #: cluster mode, a script's word: this node's group declared it dead and adopted its
+    #: log, so the log takes no new message and starts none
+    FENCED = "fenced"
     MISSING = "missing"  # a script's word for an entry that is not in the log
 
 
@@ -239,6 +242,17 @@ class WriteAheadLog:
         taken: list[int] = await self._run_script("dlq_take", keys, args)
         return taken
 
+    async def fence(self, adopter: str) -> None:
+        """Cluster mode: this log's node was declared dead; from now on its log takes no
+        new message and starts none (enqueue.lua and dispatch.lua check it)."""
+        with translated("Redis (fencing a dead node's log)"):
+            await self.redis.set(self.keys.fence, adopter)
+
+    async def unfence(self) -> None:
+        """A new process of this node joined its group afresh: its log serves again."""
+        with translated("Redis (lifting this node's fence)"):
+            await self.redis.delete(self.keys.fence)
+
     async def hand_over(self, message_ids: Sequence[str], adopter: str) -> list[Outcome]:
         """Adoption (cluster mode): these `enqueued` messages are in their new owners'
         logs now; they leave this one as `moved`."""
@@ -369,7 +383,7 @@ class WriteAheadLog:
         entries = [keys.entry(_id_of(item)) for item in items]
         args: list[Any]
         if kind == "dispatch":
-            return [len(entries), *entries, now]
+            return [len(entries) + 1, keys.fence, *entries, now]
         if kind == "undispatch":
             return [len(entries), *entries]
         if kind == "retry":
@@ -384,7 +398,7 @@ class WriteAheadLog:
             for e in items:
                 args.extend((e.message_id, "1" if e.retry else "0", e.error))
             return args
-        args = [len(entries) + 2, keys.seq, keys.live, *entries, self._ttl, now]
+        args = [len(entries) + 3, keys.fence, keys.seq, keys.live, *entries, self._ttl, now]
         for e in items:
             args.extend(
                 (

@@ -317,3 +317,43 @@ def test_a_stopping_node_hands_its_queued_messages_over(tmp_path: Path, redis_ur
             assert all(ran.count(mid) == 1 for mid in queued)
             assert r.llen(f"t:span:{name}") == 1  # the running one finished, once
             print(f"queued messages ran elsewhere {took:.2f} s after SIGTERM")
+
+
+def test_a_paused_node_that_was_declared_dead_stops_when_it_wakes(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """SIGSTOP a member past node_ttl_ms: the group adopts it and its entity's calls run
+    on a new owner; on SIGCONT it finds itself fenced and exits 1, saying why, instead of
+    running anything for entities that moved."""
+    r = redis.Redis.from_url(redis_url)
+    with group(tmp_path, redis_url) as nodes:
+        by_id = dict(zip(IDS, nodes, strict=True))
+        owner_of_pid = {pid: sid for sid, n in by_id.items() for pid in shard_pids(n)}
+        with SyncClient(by_id["n1"].address, follow_owners=False) as client:
+            name = next(
+                f"pause-{i}"
+                for i in range(100)
+                if owner_of_pid[client.enqueue_and_wait(WhoRuns(name=f"pause-{i}"))] == "n3"
+            )
+            client.enqueue_and_wait(Incr(name=name, sender="s", seq=0))
+            paused = by_id["n3"]
+            os.killpg(paused.proc.pid, signal.SIGSTOP)
+            try:
+                for seq in (1, 2, 3):
+                    mid = f"{name}-{seq}"
+                    deadline = time.monotonic() + 30
+                    while True:  # resent under the same id until acknowledged
+                        try:
+                            client.enqueue(Incr(name=name, sender="s", seq=seq), message_id=mid)
+                            break
+                        except AqError as exc:
+                            assert exc.code in ("UNAVAILABLE", "MASTER_REBUILDING"), exc
+                            assert time.monotonic() < deadline
+                key = f"t:order:{name}:s"
+                wait_for(lambda: r.llen(key) == 4, timeout=30)
+            finally:
+                os.killpg(paused.proc.pid, signal.SIGCONT)
+            assert paused.proc.wait(30) == 1
+            assert "declared this node dead" in paused.log_path.read_text()
+            assert [int(x) for x in r.lrange(key, 0, -1)] == [0, 1, 2, 3]
+            assert owner_of_pid.get(client.enqueue_and_wait(WhoRuns(name=name))) != "n3"

@@ -1,19 +1,24 @@
 -- dispatch: mark a batch of messages `dispatched` before their handlers start.
 --
--- KEYS[1..] one entry key (hash) per message
+-- KEYS[1]   the node's fence (string): set when its group declared it dead and adopted
+--           its log; then nothing is marked and every message answers 'fenced'
+-- KEYS[2..] one entry key (hash) per message
 -- ARGV[1]   now (unix seconds, float as a string)
 --
 -- Returns one value per message: 1 when it moved `enqueued -> dispatched` (the handler may
--- start), else its current state (or 'missing'): the handler must not start.
+-- start), else its current state (or 'missing', or 'fenced'): the handler must not start.
 local results = {}
-for i = 1, #KEYS do
+local fenced = redis.call('EXISTS', KEYS[1]) == 1
+for i = 2, #KEYS do
   local state = redis.call('HGET', KEYS[i], 'state')
-  if state == 'enqueued' then
+  if fenced then
+    results[i - 1] = 'fenced'
+  elseif state == 'enqueued' then
     redis.call('HSET', KEYS[i], 'state', 'dispatched', 'dispatched_at', ARGV[1])
     redis.call('HINCRBY', KEYS[i], 'attempts', 1)
-    results[i] = 1
+    results[i - 1] = 1
   else
-    results[i] = state or 'missing'
+    results[i - 1] = state or 'missing'
   end
 end
 return results

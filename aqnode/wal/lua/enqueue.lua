@@ -1,9 +1,11 @@
 -- enqueue: write a batch of new messages as `enqueued` (or, for a message whose entity is
 -- idle, straight as `dispatched`: one round trip instead of two before its handler runs).
 --
--- KEYS[1]   the node's sequence counter (string)
--- KEYS[2]   the node's live index (zset: message id -> sequence)
--- KEYS[3..] one entry key (hash) per message, in enqueue order
+-- KEYS[1]   the node's fence (string): set when its group declared it dead and adopted
+--           its log; then nothing is written and every message answers 'fenced'
+-- KEYS[2]   the node's sequence counter (string)
+-- KEYS[3]   the node's live index (zset: message id -> sequence)
+-- KEYS[4..] one entry key (hash) per message, in enqueue order
 -- ARGV[1]   entry TTL in seconds (the safety TTL)
 -- ARGV[2]   now (unix seconds), the dispatch time of pre-dispatched messages
 -- ARGV[3..] per message, 7 values: id, entity_type, message, entity_id, payload,
@@ -12,11 +14,15 @@
 -- Returns one value per message: its new sequence number (an integer), or, when the id is
 -- already known (an idempotency key sent again), its current state (a string).
 local ttl = tonumber(ARGV[1])
-local n = #KEYS - 2
+local n = #KEYS - 3
 local results = {}
-local seq = redis.call('INCRBY', KEYS[1], n) - n  -- ids already known leave gaps: harmless
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for i = 1, n do results[i] = 'fenced' end
+  return results
+end
+local seq = redis.call('INCRBY', KEYS[2], n) - n  -- ids already known leave gaps: harmless
 for i = 1, n do
-  local key = KEYS[i + 2]
+  local key = KEYS[i + 3]
   local state = redis.call('HGET', key, 'state')
   if state then
     results[i] = state
@@ -33,7 +39,7 @@ for i = 1, n do
         'enqueued_at', ARGV[a + 5], 'seq', seq, 'attempts', 0)
     end
     redis.call('EXPIRE', key, ttl)
-    redis.call('ZADD', KEYS[2], seq, ARGV[a])
+    redis.call('ZADD', KEYS[3], seq, ARGV[a])
     results[i] = seq
   end
 end

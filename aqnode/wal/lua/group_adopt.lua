@@ -2,6 +2,8 @@
 --
 -- KEYS[1]  the group's members zset (server id -> last heartbeat, Redis time in ms)
 -- KEYS[2]  the adoption key of the dead member (string: the adopter's server id)
+-- KEYS[3]  the dead member's fence key: set with the right, kept after it (the process
+--          that was declared dead must not carry on; group_heartbeat tells it so)
 -- ARGV[1]  the dead member's server id
 -- ARGV[2]  the adopter's server id
 -- ARGV[3]  node_ttl_ms: a member whose heartbeat is younger is alive and is not adopted
@@ -23,4 +25,5 @@ if not holder then
   if last and now - tonumber(last) < tonumber(ARGV[3]) then return 0 end
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
+redis.call('SET', KEYS[3], ARGV[2])
 return 1
