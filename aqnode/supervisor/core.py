@@ -37,7 +37,7 @@ from aqnode.supervisor.live import (
     reply_in_callers_type,
 )
 from aqnode.supervisor.metrics import NodeMetrics
-from aqnode.supervisor.placement import Placement, Standalone
+from aqnode.supervisor.placement import STANDALONE, Placement
 from aqnode.supervisor.validation import Validator
 from aqnode.util.ring import HashRing, entity_key
 from aqnode.wal import (
@@ -69,7 +69,7 @@ class NodeCore:
         self.lifecycle = ShardLifecycle(config, wal, self.ring, self.ledger, self.metrics)
         self.draining = False
         self.redis_ok = True  # set by the supervisor's health check
-        self.placement: Placement = Standalone()  # cluster mode: the group member
+        self.placement: Placement = STANDALONE  # cluster mode: the group member
         #: cluster mode: the log refused a write because the group declared this node dead
         self.on_fenced: Callable[[], None] | None = None
         self._ids = itertools.count(1)
