@@ -188,7 +188,7 @@ class Client(Bus):
             limit = NO_TIMEOUT_WAIT_S if wait else SEND_TIMEOUT_S
         try:
             results: list[SendResult] = list(
-                await asyncio.wait_for(asyncio.shield(asyncio.gather(*futures)), limit)
+                await asyncio.wait_for(asyncio.gather(*futures), limit)
             )
         except TimeoutError:
             for address, indexes in groups.items():
@@ -383,4 +383,7 @@ class SyncEntityClient:
 async def _make_client(
     address: str | Sequence[str], auth_token: str | None, follow_owners: bool
 ) -> Client:
-    return Client(address, auth_token=auth_token, follow_owners=follow_owners)
+    client = Client(address, auth_token=auth_token, follow_owners=follow_owners)
+    if len(client.addresses) > 1:
+        await client.connect()  # start on a node that answers
+    return client
