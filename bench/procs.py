@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,12 @@ class NodeSpec:
     idle_timeout_ms: int
     heartbeat_ms: int
     key_prefix: str
+    handlers: str = "bench.handlers"  #: the handler module the shards import
+    entity_type: str = "bench"  #: the ``[entities.X]`` table the idle timeout goes to
+    server_id: str = ""  #: "" = ``bench-<name>``
+    #: ``[cluster]`` keys and values; empty = no ``[cluster]`` table (a standalone node)
+    cluster: tuple[tuple[str, bool | int | str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  #: extra environment variables for the node
 
 
 @dataclass
@@ -204,6 +210,17 @@ class NodeProc:
     proc: subprocess.Popen[bytes]
     address: str
     log_path: Path
+    config_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    earlier: list[subprocess.Popen[bytes]] = field(default_factory=list)  #: before respawns
+
+    def respawn(self) -> None:
+        """Start ``aqnode serve`` again on the same config (same port, same server_id),
+        after the previous process has gone (a kill). Call it from the main thread (the
+        child's PDEATHSIG follows the thread that forks it)."""
+        assert self.config_path is not None
+        self.earlier.append(self.proc)
+        self.proc = _spawn_serve(self.config_path, self.log_path, self.env)
 
     def pids(self) -> list[int]:
         """The supervisor first, then every process under it (the shards)."""
@@ -226,10 +243,10 @@ def node_config(directory: Path, redis_url: str, port: int, spec: NodeSpec) -> s
     return (
         "\n".join(
             [
-                'handlers = ["bench.handlers"]',
+                f"handlers = [{quote(spec.handlers)}]",
                 f"shards = {spec.shards}",
                 f'listen = "127.0.0.1:{port}"',
-                f'server_id = "bench-{spec.name}"',
+                f"server_id = {quote(spec.server_id or 'bench-' + spec.name)}",
                 f"data_dir = {quote(str(directory / 'data'))}",
                 f"key_prefix = {quote(spec.key_prefix)}",
                 "max_total_workers = 0",  # unbounded: the benchmark must not be refused
@@ -237,13 +254,38 @@ def node_config(directory: Path, redis_url: str, port: int, spec: NodeSpec) -> s
                 f"shard_heartbeat_ms = {spec.heartbeat_ms}",
                 "[redis]",
                 f"url = {quote(redis_url)}",
-                "[entities.bench]",
+                f"[entities.{spec.entity_type}]",
                 f"worker_idle_timeout_ms = {spec.idle_timeout_ms}",
                 "reply_timeout_ms = 600000",
+                *(["[cluster]"] if spec.cluster else []),
+                *(f"{key} = {_toml_value(value)}" for key, value in spec.cluster),
             ]
         )
         + "\n"
     )
+
+
+def _toml_value(value: bool | int | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return quote(value)
+
+
+def _spawn_serve(config_path: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    launch = die_with_us()
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [*launch.prefix, sys.executable, "-m", "aqnode", "serve", "--config", str(config_path)],
+            cwd=config_path.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the cleanup reaches every shard
+            preexec_fn=launch.preexec_fn,
+        )
 
 
 @contextlib.contextmanager
@@ -256,23 +298,15 @@ def aqnode_serve(workdir: Path, redis_url: str, spec: NodeSpec) -> Iterator[Node
     log_path = directory / "node.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    launch = die_with_us()
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [*launch.prefix, sys.executable, "-m", "aqnode", "serve", "--config", str(config_path)],
-            cwd=directory,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the cleanup reaches every shard
-            preexec_fn=launch.preexec_fn,
-        )
-    node = NodeProc(spec, proc, f"127.0.0.1:{port}", log_path)
+    env.update(spec.env)
+    proc = _spawn_serve(config_path, log_path, env)
+    node = NodeProc(spec, proc, f"127.0.0.1:{port}", log_path, config_path, env)
     try:
         yield node
     finally:
-        _stop_group(proc, STOP_TIMEOUT_S)
+        for earlier in node.earlier:  # killed ones (respawn): whatever is left of them
+            _stop_group(earlier, 0.0)
+        _stop_group(node.proc, STOP_TIMEOUT_S)
 
 
 async def wait_ready(node: NodeProc) -> Any:
