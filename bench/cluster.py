@@ -3,9 +3,10 @@
 Both scenarios start their own ``redis-server`` (a free TCP port on 127.0.0.1, a temporary
 directory, ``appendonly yes``, ``appendfsync everysec``) and their own ``aqnode serve``
 nodes on the ``tests.handlers.testkit`` handlers (``AQ_TEST_REDIS_URL`` in the nodes'
-environment, as tests/node_fixture.py does), one shard each by default. Cluster nodes are
-``n1``, ``n2``, ``n3`` with ``[cluster] enabled = true`` and the SPEC defaults
-``heartbeat_ms = 400``, ``node_ttl_ms = 1500``, ``leader_debounce_ms = 800``.
+environment, as tests/node_fixture.py does; cost runs ``bench.handlers`` by default), one
+shard each by default. Cluster nodes are ``n1``, ``n2``, ``n3`` with ``[cluster] enabled =
+true`` and the SPEC defaults ``heartbeat_ms = 400``, ``node_ttl_ms = 1500``,
+``leader_debounce_ms = 800``.
 
 **failover** (SPEC 10.1 "Failover"; under 2 minutes for 20 kills on 2 cores). Senders
 (``--senders``, each its own ``Client`` given all three addresses, owner-aware routing)
@@ -31,21 +32,38 @@ entity, ``t:order:<entity>:<sender>`` strictly increasing, a missing seq only wh
 message was dead-lettered. Exit 1 if a check fails or the slowest failover exceeds the
 SPEC bound ``node_ttl_ms + leader_debounce_ms + 1 s`` (3.3 s).
 
-**cost** (about 20 seconds for ``--runs 3``). The same fire-and-forget workload
-(``--entities`` x ``--messages`` ``Incr`` without a sender: a ``GET``, 1 ms of awaited
-sleep, a ``SET`` and an ``RPUSH t:ran`` per message; ``asyncio.gather`` of single
-``enqueue`` calls in chunks of ``--chunk``) against (i) one standalone node
-(``--single-shards``), (ii) the 3-node cluster with a ``Client(address,
-follow_owners=False)`` per node and a random node per call, (iii) the cluster with one
-``Client`` given all three addresses (owner-aware routing). Before each measured run one
-message per entity warms the entities up (placement, workers, the client's learned
-routes); the measured messages are done when ``LLEN t:ran`` reaches their count. CPU
-seconds (psutil, user + system) of every node process (supervisors and shards, summed)
-and of redis-server per 1,000 messages. The configurations take turns within each run,
-and the ratios (ii)/(i) and (iii)/(i) are taken per run. Every process runs on this
-machine: the cluster figures include three supervisors and their shards sharing its
-cores with Redis and the benchmark client, and the standalone node ran while the idle
-cluster heartbeated.
+**cost** (about 1.5 minutes for ``--runs 3`` with ``--handler ping``, under 1 minute with
+``--handler incr``, on 2 cores). The same fire-and-forget workload (``--entities`` x ``--messages``;
+``asyncio.gather`` of single ``enqueue`` calls in chunks of ``--chunk``) against (i) one
+standalone node (``--single-shards``), (i-b) the same node in cluster mode alone in its
+group (``[cluster] enabled = true``, its own key prefix, so its own group keys: the cost
+of cluster mode without any forwarding), (ii) the 3-node cluster with a
+``Client(address, follow_owners=False)`` per node and a random node per call, (iii) the
+cluster with one ``Client`` given all three addresses (owner-aware routing). The
+cost-scenario nodes run ``--handler``:
+
+- ``ping`` (the default; 1,000 entities x 100 messages): ``bench.handlers``' ``Ping``, a
+  no-op, so the figures are the nodes' own cost (validation on the node called, the
+  forward hop, petitions) rather than the handler's. A run is done when the shards'
+  ``handled`` counts from ``Client.status()``, summed over the configuration's nodes, have
+  grown by the messages sent and no message is live (bench/run.py's ``wait_handled``);
+  the shards report their counts with every heartbeat (``shard_heartbeat_ms`` 50 on all
+  the cost scenario's nodes, either handler) and the benchmark polls every 50 ms.
+- ``incr`` (1,000 entities x 10 messages): ``tests.handlers.testkit``'s ``Incr`` without a
+  sender (a ``GET``, 1 ms of awaited sleep, a ``SET`` and an ``RPUSH t:ran`` per message:
+  four Redis round trips in the handler, which dominate the node CPU); a run is done when
+  ``LLEN t:ran`` reaches the messages sent.
+
+Before each measured run one message per entity warms the entities up (placement,
+workers, the client's learned routes). CPU seconds (psutil, user + system) of every node
+process serving the configuration (supervisors and shards, summed), of redis-server and of
+this benchmark process per 1,000 messages, and Redis commands per message. The
+configurations take turns within each run, and the ratios (i-b)/(i), (ii)/(i) and
+(iii)/(i) are taken per run. Every process runs on this machine: the cluster figures
+include three supervisors and their shards sharing its cores with Redis and the benchmark
+client, and the idle nodes of the other configurations heartbeat while one is measured.
+Shard counts differ: (i) and (i-b) have ``--single-shards`` (default ``--shards``, 1),
+the cluster ``--shards`` per node (3 in all by default).
 
 Every process gets PR_SET_PDEATHSIG and is stopped on the way out; traffic stays on
 127.0.0.1. The working directory (node logs in ``node-<id>/node.log``) is removed unless
@@ -70,7 +88,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +101,7 @@ from aqnode.client import Client, NodeStatus
 from aqnode.errors import AqError
 from aqnode.wal.dlq import DeadLetterQueue
 from aqnode.wal.keys import LogKeys
+from bench.handlers import Ping
 from bench.probe import Probe, percentile
 from bench.procs import (
     NodeProc,
@@ -147,7 +166,15 @@ def machine() -> dict[str, Any]:
 
 
 def node_spec(
-    name: str, redis_url: str, shards: int, *, cluster: bool, key_prefix: str = KEY_PREFIX
+    name: str,
+    redis_url: str,
+    shards: int,
+    *,
+    cluster: bool,
+    key_prefix: str = KEY_PREFIX,
+    handlers: str = "tests.handlers.testkit",
+    entity_type: str = "counter",
+    shard_heartbeat_ms: int = SHARD_HEARTBEAT_MS,
 ) -> NodeSpec:
     table: tuple[tuple[str, bool | int | str], ...] = ()
     if cluster:
@@ -161,10 +188,10 @@ def node_spec(
         name=name,
         shards=shards,
         idle_timeout_ms=IDLE_TIMEOUT_MS,
-        heartbeat_ms=SHARD_HEARTBEAT_MS,
+        heartbeat_ms=shard_heartbeat_ms,
         key_prefix=key_prefix,
-        handlers="tests.handlers.testkit",
-        entity_type="counter",
+        handlers=handlers,
+        entity_type=entity_type,
         server_id=name,
         cluster=table,
         env=(("AQ_TEST_REDIS_URL", redis_url),),
@@ -763,24 +790,62 @@ async def run_failover(args: argparse.Namespace, workdir: Path) -> dict[str, Any
 
 CONFIGS = (
     ("single", "(i) one node, standalone"),
+    ("one", "(i-b) one-member cluster"),
     ("random", "(ii) cluster, random node per call"),
     ("owner", "(iii) cluster, owner-aware Client"),
 )
+VERSUS = ("one", "random", "owner")  #: compared with (i), run by run
+COST_SHARD_HEARTBEAT_MS = 50  #: the shards report their handled counts this often
+POLL_S = 0.05  #: status polls while waiting for the handled counts (ping)
+
+
+@dataclass(frozen=True)
+class Handler:
+    """What the cost scenario's nodes run, and how a message for an entity is made."""
+
+    module: str  #: the nodes' handler module
+    entity_type: str
+    message: str  #: the message's name, for the report
+    make: Callable[[str], Ping | Incr]  #: the message for an entity id
+
+
+HANDLERS = {
+    "ping": Handler("bench.handlers", "bench", "Ping", lambda entity: Ping(id=entity)),
+    "incr": Handler("tests.handlers.testkit", "counter", "Incr", lambda entity: Incr(name=entity)),
+}
+MESSAGES = {"ping": 100, "incr": 10}  #: --messages per entity by default (runs of 3-8 s)
 
 
 @dataclass
 class Cost:
     args: argparse.Namespace
     server: RedisProc
-    single: NodeProc
-    nodes: list[NodeProc]
+    single: NodeProc  #: standalone
+    one: NodeProc  #: cluster mode, alone in its group
+    nodes: list[NodeProc]  #: the 3-node cluster
     probe: Probe
     results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.handler = HANDLERS[self.args.handler]
+        #: one status Client per node (follow_owners=False), kept for the whole scenario:
+        #: no connection set-up per poll on the nodes measured
+        self.watch: dict[str, Client] = {}
+
+    def serving(self, config: str) -> list[NodeProc]:
+        if config == "single":
+            return [self.single]
+        if config == "one":
+            return [self.one]
+        return self.nodes
 
     async def run(self) -> None:
         args = self.args
         store = aioredis.Redis.from_url(self.server.url)
         try:
+            for node in [self.single, self.one, *self.nodes]:
+                self.watch[node.address] = client = Client(node.address, follow_owners=False)
+                await client.connect()
             for run in range(args.runs):
                 for config, _label in CONFIGS:
                     metrics = await self.measure(store, config, run)
@@ -788,21 +853,25 @@ class Cost:
                     say(
                         f"cost run {run + 1} {config}: {metrics['msgs_per_s']:.0f} msg/s, "
                         f"node CPU {metrics['system_cpu_s_per_1k']:.3f} s/1k, redis "
-                        f"{metrics['redis_cpu_s_per_1k']:.3f} s/1k"
+                        f"{metrics['redis_cpu_s_per_1k']:.3f} s/1k, client "
+                        f"{metrics['bench_cpu_s_per_1k']:.3f} s/1k"
                         + (f", routes {metrics['routes']:.0f}" if "routes" in metrics else "")
                     )
         finally:
+            for client in self.watch.values():
+                await client.close()
             await store.aclose()
 
     async def measure(self, store: aioredis.Redis, config: str, run: int) -> dict[str, float]:
         args = self.args
-        nodes = [self.single] if config == "single" else self.nodes
+        ping = args.handler == "ping"
+        nodes = self.serving(config)
         await self.idle(nodes)
         tag = f"{config}{run}"
         names = [f"{tag}-{e}" for e in range(args.entities)]
         rng = random.Random(args.seed * 1000 + run)
-        if config == "single":
-            clients = [Client(self.single.address)]
+        if config in ("single", "one"):
+            clients = [Client(nodes[0].address)]
         elif config == "random":
             clients = [Client(n.address, follow_owners=False) for n in self.nodes]
         else:
@@ -814,26 +883,38 @@ class Cost:
             def pick() -> Client:
                 return clients[0] if len(clients) == 1 else rng.choice(clients)
 
-            async def send(msgs: list[Incr]) -> None:
+            async def send(msgs: list[Ping | Incr]) -> None:
                 for start in range(0, len(msgs), args.chunk):
                     chunk = msgs[start : start + args.chunk]
                     await asyncio.gather(*(pick().enqueue(m) for m in chunk))
 
             # warm-up: one message per entity (placement, workers, learned routes)
-            await store.delete("t:ran")
-            await send([Incr(name=n) for n in names])
-            await self.wait_ran(store, len(names))
-            await self.idle(nodes)
-            await store.delete("t:ran")
-            msgs = [Incr(name=n) for _ in range(args.messages) for n in names]
+            if ping:
+                # the shards' counts arrive with their heartbeats: let the last ones in
+                await asyncio.sleep(3 * COST_SHARD_HEARTBEAT_MS / 1000)
+                counted = await self.handled(nodes)
+                await send([self.handler.make(n) for n in names])
+                _, counted = await self.wait_handled(nodes, counted + len(names))
+            else:
+                await store.delete("t:ran")
+                await send([self.handler.make(n) for n in names])
+                await self.wait_ran(store, len(names))
+                await self.idle(nodes)
+                await store.delete("t:ran")
+            msgs = [self.handler.make(n) for _ in range(args.messages) for n in names]
             pids = [pid for n in nodes for pid in n.pids()]
             before = self.probe.snapshot(pids)
             await send(msgs)
             acked = time.perf_counter()
-            done = await self.wait_ran(store, len(msgs))
-            await self.idle(nodes)
-            after = self.probe.snapshot(pids)
-            ran = int(await store.llen("t:ran"))
+            if ping:
+                done, final = await self.wait_handled(nodes, counted + len(msgs))
+                after = self.probe.snapshot(pids)
+                ran = final - counted
+            else:
+                done = await self.wait_ran(store, len(msgs))
+                await self.idle(nodes)
+                after = self.probe.snapshot(pids)
+                ran = int(await store.llen("t:ran"))
             routes = len(clients[0]._routes) if config == "owner" else None
         finally:
             for client in clients:
@@ -853,6 +934,32 @@ class Cost:
             say(f"  warning: {ran} runs for {len(msgs)} messages in {config} run {run + 1}")
         return metrics
 
+    async def statuses(self, nodes: list[NodeProc]) -> list[NodeStatus]:
+        return list(
+            await asyncio.gather(*(self.watch[n.address].status(timeout=10.0) for n in nodes))
+        )
+
+    async def handled(self, nodes: list[NodeProc]) -> int:
+        """Messages the nodes' shards have handled since they started (as of their last
+        heartbeats), summed."""
+        return sum(s.handled for st in await self.statuses(nodes) for s in st.shards)
+
+    async def wait_handled(self, nodes: list[NodeProc], count: int) -> tuple[float, int]:
+        """(perf_counter(), the handled count) when the nodes' shards have handled
+        ``count`` messages in all and no message is live on any of them (bench/run.py's
+        ``wait_handled``, over several nodes)."""
+        last, progress = -1, time.monotonic()
+        while True:
+            seen = await self.statuses(nodes)
+            n = sum(s.handled for st in seen for s in st.shards)
+            if n >= count and all(st.live_messages == 0 for st in seen):
+                return time.perf_counter(), n
+            if n != last:
+                last, progress = n, time.monotonic()
+            elif time.monotonic() - progress > 60:
+                raise RuntimeError(f"the nodes handled {n} of {count} messages, none for 60 s")
+            await asyncio.sleep(POLL_S)
+
     async def wait_ran(self, store: aioredis.Redis, count: int) -> float:
         """perf_counter() when ``LLEN t:ran`` reached ``count``."""
         last, progress = -1, time.monotonic()
@@ -869,8 +976,7 @@ class Cost:
     async def idle(self, nodes: list[NodeProc], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            statuses = await asyncio.gather(*(node_status(n.address, 5.0) for n in nodes))
-            if all(s is not None and s.live_messages == 0 for s in statuses):
+            if all(s.live_messages == 0 for s in await self.statuses(nodes)):
                 return
             await asyncio.sleep(0.05)
         say("  warning: the nodes did not go idle")
@@ -883,18 +989,31 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
 def print_cost(s: dict[str, Any]) -> None:
     m = s["machine"]
     results: dict[str, list[dict[str, float]]] = s["results"]
+    done = (
+        "the shards' handled counts (status, summed over the configuration's nodes) reach "
+        "the count sent and no message is live"
+        if s["handler"] == "ping"
+        else "LLEN t:ran reaches the count sent"
+    )
+    work = (
+        "bench.handlers, a no-op handler"
+        if s["handler"] == "ping"
+        else "tests.handlers.testkit: GET, 1 ms of awaited sleep, SET, RPUSH t:ran"
+    )
     out = [
         "",
-        f"## Cluster cost: {s['entities']} entities x {s['messages']} Incr, pipelined "
-        f"(gather of {s['chunk']} enqueue calls), {s['runs']} runs, medians",
+        f"## Cluster cost: {s['entities']} entities x {s['messages']} {s['message']} "
+        f"({work}), pipelined (gather of {s['chunk']} enqueue calls), {s['runs']} runs, "
+        "medians",
         "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}). Every process runs on it: the "
-        f"cluster figures include three supervisors (and {s['shards']} shard each, "
-        f"{3 * s['shards']} in all) sharing {m['usable_cpus']} cores with Redis and this "
-        f"benchmark client; the standalone node has {s['single_shards']} shard(s) and was "
-        "measured while the idle cluster nodes heartbeated. Node CPU: supervisors and "
-        "shards of the node(s) serving the configuration, summed; client CPU: this "
-        "benchmark process.",
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}). Every process runs on it, sharing "
+        f"{m['usable_cpus']} cores: Redis, this benchmark client, the standalone node, the "
+        "one-member cluster node and the three cluster nodes (the idle ones heartbeat while "
+        "another configuration is measured). Shard counts differ: the standalone node (i) "
+        f"and the one-member cluster (i-b) have {s['single_shards']} shard(s); the cluster "
+        f"nodes have {s['shards']} shard(s) each, {3 * s['shards']} in all. Node CPU: the "
+        "supervisors and shards of the node(s) serving the configuration, summed; client "
+        f"CPU: this benchmark process. A run is done when {done}.",
         "",
         "| configuration | msg/s | node CPU s / 1k msg | Redis CPU s / 1k msg | "
         "client CPU s / 1k msg | Redis cmds / msg |",
@@ -914,20 +1033,15 @@ def print_cost(s: dict[str, Any]) -> None:
         "Per run, against (i) of the same run (throughput: higher is better; node CPU per "
         "message: lower is better):",
         "",
-        "| run | throughput (ii)/(i) | throughput (iii)/(i) | node CPU/msg (ii)/(i) | "
-        "node CPU/msg (iii)/(i) |",
-        "|---:|---:|---:|---:|---:|",
+        "| run | throughput (i-b)/(i) | throughput (ii)/(i) | throughput (iii)/(i) | "
+        "node CPU/msg (i-b)/(i) | node CPU/msg (ii)/(i) | node CPU/msg (iii)/(i) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    keys = [f"thr_{c}" for c in VERSUS] + [f"cpu_{c}" for c in VERSUS]
     for row in s["ratios"]:
-        out.append(
-            f"| {row['run']} | {row['thr_random']:.2f} | {row['thr_owner']:.2f} | "
-            f"{row['cpu_random']:.2f} | {row['cpu_owner']:.2f} |"
-        )
-    med = {k: statistics.median(r[k] for r in s["ratios"]) for k in s["ratios"][0] if k != "run"}
-    out.append(
-        f"| median | {med['thr_random']:.2f} | {med['thr_owner']:.2f} | "
-        f"{med['cpu_random']:.2f} | {med['cpu_owner']:.2f} |"
-    )
+        out.append(f"| {row['run']} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    med = {k: statistics.median(r[k] for r in s["ratios"]) for k in keys}
+    out.append("| median | " + " | ".join(f"{med[k]:.2f}" for k in keys) + " |")
     routes = [r["routes"] for r in results["owner"] if "routes" in r]
     if routes:
         out.append(
@@ -937,54 +1051,76 @@ def print_cost(s: dict[str, Any]) -> None:
         )
     extra = {c: sum(r["ran_extra"] for r in results[c]) for c, _ in CONFIGS}
     if any(extra.values()):
-        out.append(f"WARNING: runs beyond the messages sent (t:ran): {extra}")
+        out.append(f"WARNING: messages run beyond those sent: {extra}")
     print("\n".join(out), flush=True)
 
 
 async def run_cost(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    handler = HANDLERS[args.handler]
     say(
-        f"cost: {args.runs} runs x 3 configurations, {args.entities} entities x "
-        f"{args.messages} messages, workdir {workdir}"
+        f"cost: {args.runs} runs x {len(CONFIGS)} configurations, {args.entities} entities x "
+        f"{args.messages} {handler.message}, workdir {workdir}"
     )
-    with (
-        redis_server(workdir / "redis", aof=True) as server,
-        aqnode_serve(
-            workdir,
+
+    def spec(name: str, shards: int, cluster: bool, key_prefix: str) -> NodeSpec:
+        return node_spec(
+            name,
             server.url,
-            node_spec("solo", server.url, args.single_shards, cluster=False, key_prefix="aqsolo"),
-        ) as single,
-        cluster_nodes(workdir, server.url, args.shards) as nodes,
-    ):
-        for node in [single, *nodes]:
+            shards,
+            cluster=cluster,
+            key_prefix=key_prefix,
+            handlers=handler.module,
+            entity_type=handler.entity_type,
+            shard_heartbeat_ms=COST_SHARD_HEARTBEAT_MS,
+        )
+
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(redis_server(workdir / "redis", aof=True))
+        single = stack.enter_context(
+            aqnode_serve(workdir, server.url, spec("single", args.single_shards, False, "aqsingle"))
+        )
+        # cluster mode alone in its group: its own key prefix, so its own group keys
+        one = stack.enter_context(
+            aqnode_serve(workdir, server.url, spec("one", args.single_shards, True, "aqone"))
+        )
+        nodes = [
+            stack.enter_context(
+                aqnode_serve(workdir, server.url, spec(sid, args.shards, True, KEY_PREFIX))
+            )
+            for sid in IDS
+        ]
+        for node in [single, one, *nodes]:
             await wait_ready(node)
         if await wait_agreement(nodes, 30.0) is None:
             raise RuntimeError("the three nodes did not agree on a master in 30 s")
+        if await wait_agreement([one], 30.0) is None:
+            raise RuntimeError("the one-member cluster did not elect itself in 30 s")
         probe = Probe(server)
         try:
-            cost = Cost(args, server, single, nodes, probe)
+            cost = Cost(args, server, single, one, nodes, probe)
             await cost.run()
         finally:
             probe.close()
     results = cost.results
     ratios = []
     for run in range(args.runs):
-        one, rnd, own = (results[c][run] for c, _ in CONFIGS)
-        ratios.append(
-            {
-                "run": run + 1,
-                "thr_random": rnd["msgs_per_s"] / one["msgs_per_s"],
-                "thr_owner": own["msgs_per_s"] / one["msgs_per_s"],
-                "cpu_random": rnd["system_cpu_s_per_1k"] / one["system_cpu_s_per_1k"],
-                "cpu_owner": own["system_cpu_s_per_1k"] / one["system_cpu_s_per_1k"],
-            }
-        )
+        base = results["single"][run]
+        row: dict[str, float] = {"run": run + 1}
+        for config in VERSUS:
+            other = results[config][run]
+            row[f"thr_{config}"] = other["msgs_per_s"] / base["msgs_per_s"]
+            row[f"cpu_{config}"] = other["system_cpu_s_per_1k"] / base["system_cpu_s_per_1k"]
+        ratios.append(row)
     summary = {
+        "handler": args.handler,
+        "message": handler.message,
         "runs": args.runs,
         "entities": args.entities,
         "messages": args.messages,
         "chunk": args.chunk,
         "shards": args.shards,
         "single_shards": args.single_shards,
+        "shard_heartbeat_ms": COST_SHARD_HEARTBEAT_MS,
         "seed": args.seed,
         "machine": machine(),
         "results": results,
@@ -1001,12 +1137,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/cluster-bench",
         description="Cluster-mode benchmarks on this machine, with their own redis-server "
-        "and aqnode nodes (n1, n2, n3 on the tests.handlers.testkit handlers). failover: "
+        "and aqnode nodes (n1, n2, n3). failover (tests.handlers.testkit handlers): "
         "kill -9 the master N times under load; time to the first successful call through "
         "a survivor against the SPEC bound (node_ttl_ms + leader_debounce_ms + 1 s), then "
         "check duplicates, lost messages and FIFO per sender. cost: CPU per message and "
-        "throughput of one node vs the 3-node cluster (random node per call, and the "
-        "owner-aware Client). Prints Markdown tables; exits 1 if a failover check fails.",
+        "throughput of one standalone node vs a one-member cluster and the 3-node cluster "
+        "(random node per call, and the owner-aware Client), on a no-op Ping (--handler "
+        "ping) or the testkit Incr. Prints Markdown tables; exits 1 if a failover check "
+        "fails.",
     )
     p.add_argument(
         "--scenario",
@@ -1064,20 +1202,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds to wait for every acknowledged message to run (120)",
     )
     c = p.add_argument_group("cost")
+    c.add_argument(
+        "--handler",
+        choices=tuple(HANDLERS),
+        default="ping",
+        help="ping: bench.handlers' no-op Ping, done when the shards' handled counts reach "
+        "the messages sent, so the cluster's own cost shows; incr: tests.handlers.testkit's "
+        "Incr (GET, 1 ms sleep, SET, RPUSH t:ran), done when LLEN t:ran does (default ping)",
+    )
     c.add_argument("--runs", type=int, default=3, help="runs of each configuration (3)")
-    c.add_argument("--entities", type=int, default=500, help="entities per run (500)")
-    c.add_argument("--messages", type=int, default=10, help="messages per entity (10)")
+    c.add_argument("--entities", type=int, default=1000, help="entities per run (1000)")
+    c.add_argument(
+        "--messages",
+        type=int,
+        help="messages per entity (ping 100, incr 10: runs of 3 to 8 s on 2 cores)",
+    )
     c.add_argument("--chunk", type=int, default=500, help="enqueue calls per gather (500)")
     c.add_argument(
         "--single-shards",
         type=int,
-        help="shards of the standalone node (i) (default: --shards, as each cluster node)",
+        help="shards of the standalone node (i) and of the one-member cluster (i-b) "
+        "(default: --shards, as each cluster node, 1)",
     )
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "big")
     if args.single_shards is None:
         args.single_shards = args.shards
+    if args.messages is None:
+        args.messages = MESSAGES[args.handler]
     if min(args.kills, args.senders, args.lanes, args.entities_failover) < 1:
         p.error("--kills, --senders, --lanes and --failover-entities must be >= 1")
     if args.rotate_s < 0:
@@ -1109,7 +1262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario in ("failover", "all"):
         limit += 120 + args.kills * 60 + args.settle_timeout + STOP_GRACE_S
     if args.scenario in ("cost", "all"):
-        limit += 120 + args.runs * 3 * 120
+        limit += 120 + args.runs * len(CONFIGS) * 120
     finished = threading.Event()
 
     def watchdog() -> None:
