@@ -34,7 +34,7 @@ from aqnode.config import NodeConfig
 from aqnode.util.ring import entity_key
 from aqnode.wal import InterruptEntry, LogKeys, LogState, WriteAheadLog
 from aqnode.wal.group import GroupStore
-from aqnode.wal.log import Applied, Outcome
+from aqnode.wal.log import Applied, Outcome, Refused
 
 if TYPE_CHECKING:
     from aqnode.supervisor.live import Call
@@ -44,6 +44,10 @@ log = logging.getLogger("aqnode.cluster")
 HOLD_MS = 30_000  #: how long the right to adopt lasts unless renewed (each round renews it)
 INTERRUPT_RETRY_FLOOR = 3  #: as on one node: on_interrupt = "retry" runs at most this often
 ROUND_TIMEOUT_S = 30.0  #: seconds one round of moves may take before the adoption fails
+
+
+#: states an entry may have reached on its own before the fence (its handler finished)
+_ENDED = frozenset({LogState.COMPLETED, LogState.FAILED, LogState.INTERRUPTED})
 
 
 class AdoptionFailed(Exception):
@@ -166,6 +170,8 @@ class Adoption:
                         e.get("entity_id"),
                         self.dead,
                     )
+                case Refused(state) if state in _ENDED:
+                    e["state"] = state  # it finished after all (before the fence): nothing to do
                 case _:
                     raise AdoptionFailed(f"interrupting {e['id']} failed: {outcome}")
 

@@ -119,8 +119,9 @@ class Supervisor:
         )
         try:
             await wal.start()
-            if self.membership is not None:
-                await wal.unfence()  # a new process, joined afresh: its log serves again
+            # A new process (in cluster mode: joined afresh) owns its log: any fence left by
+            # an adoption of an earlier process is lifted.
+            await wal.unfence()
             await wal.register_node()
             entries = await wal.live_entries()
         except errors.RedisUnavailable as exc:

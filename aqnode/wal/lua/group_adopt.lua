@@ -10,20 +10,23 @@
 -- ARGV[4]  'take' (also renews) or 'release'
 -- ARGV[5]  take: how long the right lasts (ms) unless renewed
 --
--- Returns 1 when taken (or released), 0 when the member is alive again, or another
--- node holds the right. While the key exists the member cannot rejoin (group_heartbeat).
+-- Returns 1 when taken (or released), 0 when the member is alive again, or another live
+-- node holds the right (one that died holding it loses it at once, not when it expires).
+-- While the key exists the member cannot rejoin (group_heartbeat).
 local holder = redis.call('GET', KEYS[2])
 if ARGV[4] == 'release' then
   if holder == ARGV[2] then redis.call('DEL', KEYS[2]) end
   return 1
 end
-if holder and holder ~= ARGV[2] then return 0 end
-if not holder then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if last and now - tonumber(last) < tonumber(ARGV[3]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function alive(id)
+  local last = redis.call('ZSCORE', KEYS[1], id)
+  return last and now - tonumber(last) < tonumber(ARGV[3])
 end
+if holder and holder ~= ARGV[2] and alive(holder) then return 0 end  -- a live adopter
+if holder ~= ARGV[2] and alive(ARGV[1]) then return 0 end  -- it is back: not dead
+-- free, ours (renewal), or held by an adopter that died itself: take it
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
 redis.call('SET', KEYS[3], ARGV[2])
 return 1
