@@ -661,6 +661,12 @@ def _cluster_metrics(metrics: NodeMetrics, member: GroupMember) -> None:
         (),
         lambda: [((), float(master.rebuilds))],
     )
+    metrics.add_total(
+        "aqnode_cluster_adoptions_total",
+        "Dead members' logs this node adopted as master.",
+        (),
+        lambda: [((), float(master.adoptions))],
+    )
     metrics.add_gauge(
         "aqnode_cluster_peer_circuit_open", "1 while calls to a peer fail fast.", ("peer",),
         lambda: [((sid,), 0.0 if usable else 1.0) for sid, usable in member.peers.health()],

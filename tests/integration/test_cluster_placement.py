@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -23,18 +24,28 @@ from aqnode.errors import AqError, HandlerError
 from aqnode.wal.dlq import DeadLetterQueue
 from tests.handlers.testkit import Fail, Get, Incr, Span, WhoRuns
 from tests.integration.test_cluster_membership import CLUSTER, FAILOVER_BOUND_S, agreed
+from tests.integration.test_observe import scrape
 from tests.node_fixture import Node, running_node
-from tests.redis_fixture import wait_for
+from tests.redis_fixture import free_port, wait_for
 
 IDS = ["n1", "n2", "n3"]
 
 
 @contextlib.contextmanager
-def group(tmp_path: Path, redis_url: str, ids: list[str] = IDS) -> Iterator[list[Node]]:
+def group(
+    tmp_path: Path, redis_url: str, ids: list[str] = IDS, **overrides: Any
+) -> Iterator[list[Node]]:
     with contextlib.ExitStack() as stack:
         nodes = [
             stack.enter_context(
-                running_node(tmp_path / sid, redis_url, server_id=sid, shards=1, cluster=CLUSTER)
+                running_node(
+                    tmp_path / sid,
+                    redis_url,
+                    server_id=sid,
+                    shards=1,
+                    cluster=CLUSTER,
+                    **(overrides if sid == ids[0] else {}),
+                )
             )
             for sid in ids
         ]
@@ -357,3 +368,20 @@ def test_a_paused_node_that_was_declared_dead_stops_when_it_wakes(
             assert "declared this node dead" in paused.log_path.read_text()
             assert [int(x) for x in r.lrange(key, 0, -1)] == [0, 1, 2, 3]
             assert owner_of_pid.get(client.enqueue_and_wait(WhoRuns(name=name))) != "n3"
+
+
+def test_cluster_metrics_show_the_master_its_table_and_forwards(
+    tmp_path: Path, redis_url: str
+) -> None:
+    port = free_port()
+    with group(tmp_path, redis_url, metrics_listen=f"127.0.0.1:{port}") as nodes:
+        with SyncClient(nodes[0].address, follow_owners=False) as client:
+            for i in range(20):
+                client.enqueue_and_wait(Incr(name=f"metric-{i}"))
+        seen = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert seen["aqnode_cluster_is_master"] == 1
+        assert seen["aqnode_cluster_epoch"] >= 1
+        assert seen["aqnode_cluster_forwarded_total"] > 0  # some live on n2 and n3
+        assert seen["aqnode_cluster_assigned_entities"] >= 20
+        assert seen["aqnode_cluster_petitioned_total"] >= 20
+        assert seen["aqnode_cluster_rebuilds_total"] == 1
