@@ -35,6 +35,7 @@ class MasterDuties:
         own_list: Callable[[], list[str]],
         new_adoption: Callable[[str], Adoption],
         placed: Callable[[str, str], None],
+        steady: Callable[[], bool] = lambda: True,
     ) -> None:
         self.server_id = server_id
         self._state = state
@@ -42,6 +43,9 @@ class MasterDuties:
         self._own_list = own_list
         self._new_adoption = new_adoption
         self._placed = placed  # tells this node's router where an adopted entity went
+        #: this node has held its own lease long enough to judge others dead: after a
+        #: Redis outage every heartbeat is old, and nobody is adopted for that
+        self._steady = steady
         self.table: AssignmentTable | None = None  #: ready for petitions at its epoch
         self._building: asyncio.Task[None] | None = None
         self._building_epoch = 0
@@ -77,7 +81,12 @@ class MasterDuties:
             sid = member.server_id
             if member.alive:
                 self._adopted.discard(sid)  # a later death is adopted again
-            elif sid != self.server_id and sid not in self._adopted and sid not in self._adopting:
+            elif (
+                sid != self.server_id
+                and sid not in self._adopted
+                and sid not in self._adopting
+                and self._steady()
+            ):
                 self._adopting[sid] = asyncio.get_running_loop().create_task(
                     self._adopt(sid, table)
                 )
@@ -156,6 +165,10 @@ class MasterDuties:
                 await asyncio.sleep(REBUILD_RETRY_S)
         # The dead members' queued messages go first: their entities are held before
         # the table answers anyone, so no new call can overtake them.
+        while not self._steady() and any(
+            not m.alive and m.server_id != self.server_id for m in self._state().members
+        ):  # just back from an outage: the silent may be renewing, not dead
+            await asyncio.sleep(REBUILD_RETRY_S)
         for member in self._state().members:
             sid = member.server_id
             if member.alive or sid == self.server_id or sid in self._adopting:

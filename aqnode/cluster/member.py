@@ -59,9 +59,16 @@ class GroupMember:
             self.router.report,
             new_adoption,
             self.router.placed,
+            self._steady,
         )
         self._epoch = membership.state.epoch
         membership.on_view = self._on_view
+
+    def _steady(self) -> bool:
+        """Held its own lease for node_ttl_ms + a heartbeat: any member still silent by
+        now is dead, not a victim of the same outage."""
+        cfg = self.membership.config
+        return self.membership.steady_for() >= (cfg.node_ttl_ms + cfg.heartbeat_ms) / 1000
 
     def state(self) -> ClusterState:
         return self.membership.state

@@ -71,6 +71,13 @@ class Membership:
         self.on_view: Callable[[ClusterState], None] | None = None
         #: called (instead of ``lost``) when the group declared this node dead
         self.declared_dead: Callable[[str], None] | None = None
+        #: self-fencing: called when this node's lease is about to run out unrenewed (it
+        #: must start no handler and end the ones running), and when it is renewed again
+        self.lease_lost: Callable[[], None] | None = None
+        self.lease_back: Callable[[], None] | None = None
+        self.lapsed = False
+        self._lease_timer: asyncio.TimerHandle | None = None
+        self._steady_since = 0.0  # loop time the lease was last (re)gained
 
     @property
     def role(self) -> str:
@@ -192,9 +199,62 @@ class Membership:
             log.warning("could not leave the group (%s); it expires by itself", exc.message)
 
     async def _heartbeat(self) -> int | Taken | BeingAdopted | Fenced:
-        return await self.store.heartbeat(
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()  # the lease runs from before the renewal was sent
+        result = await self.store.heartbeat(
             self.server_id, self.token, self.address, os.getpid(), self.config.node_ttl_ms
         )
+        if isinstance(result, int):
+            self._renewed(sent_at)
+        return result
+
+    # ---- the lease (self-fencing) -----------------------------------------------------
+
+    @property
+    def fence_margin_ms(self) -> float:
+        """How long before the lease could expire in Redis this node stops its handlers:
+        the others may declare it dead at ``node_ttl_ms`` after its last renewal arrived,
+        which is later than it was sent."""
+        return min(self.config.heartbeat_ms, self.config.node_ttl_ms / 4)
+
+    def steady_for(self) -> float:
+        """Seconds this node has held its lease without a lapse (0 while lapsed)."""
+        if self.lapsed or not self._steady_since:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._steady_since
+
+    def _renewed(self, sent_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        ends = sent_at + (self.config.node_ttl_ms - self.fence_margin_ms) / 1000
+        self._lease_timer = loop.call_at(ends, self._lapse)
+        if self.lapsed or not self._steady_since:
+            self._steady_since = loop.time()
+        if self.lapsed:
+            self.lapsed = False
+            log.warning("membership renewed again: handlers may start again")
+            if self.lease_back is not None:
+                self.lease_back()
+
+    def _lapse(self) -> None:
+        self._lease_timer = None
+        if self.lapsed:
+            return
+        self.lapsed = True
+        log.warning(
+            "this node could not renew its membership for %d ms (Redis unreachable, or the "
+            "node was paused): it starts no handler and ends the running ones before the "
+            "group may declare it dead",
+            self.config.node_ttl_ms - self.fence_margin_ms,
+        )
+        if self.lease_lost is not None:
+            self.lease_lost()
+
+    def stop_lease(self) -> None:
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+            self._lease_timer = None
 
     def _computed_master(self, view: GroupView) -> str:
         alive = sorted(m.server_id for m in view.alive(self.config.node_ttl_ms))

@@ -72,6 +72,9 @@ class NodeCore:
         self.placement: Placement = STANDALONE  # cluster mode: the group member
         #: cluster mode: the log refused a write because the group declared this node dead
         self.on_fenced: Callable[[], None] | None = None
+        #: cluster mode: the node's membership lease lapsed (self-fencing): no new work,
+        #: no handler starts, until it is renewed
+        self.lapsed = False
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
         self._entity_limits = {
@@ -192,6 +195,12 @@ class NodeCore:
             raise errors.RedisUnavailable(
                 "Redis is not answering, so nothing can be made durable; nothing was "
                 "written; retry when it is back"
+            )
+        if self.lapsed:
+            raise errors.Unavailable(
+                "this node could not renew its membership in its group (Redis unreachable, "
+                "or the node was paused), so it takes no work for now; nothing was written; "
+                "send it to another node of the group"
             )
         env = call.envelope
         self._check_sizes(env)
@@ -400,11 +409,11 @@ class NodeCore:
                     msg.started = True
             elif isinstance(item, ipc.Dispatch):
                 msg = self.ledger.live.get(item.message_id)
-                if msg is not None and msg.state in TAKING_BACK:
+                if self.lapsed or (msg is not None and msg.state in TAKING_BACK):
                     # Its mark is being taken back (or it is being interrupted): a
                     # dispatch now could be undone by that transition's retry while the
-                    # handler runs. Not now; the worker asks again, the message keeps
-                    # its place.
+                    # handler runs. Or the node's lease lapsed: it starts no handler.
+                    # Not now; the worker asks again, the message keeps its place.
                     port_send = port.send
                     if port_send is not None:
                         port_send(ipc.DispatchResult(item.message_id, False, None, again=True))
@@ -605,6 +614,14 @@ class NodeCore:
                 self.ledger.drop(msg, SendResult(msg.message_id, False, error=outcome.error))
         if again:
             asyncio.get_running_loop().call_later(LOG_RETRY_S, self._finish, again)
+
+    def running_shards(self) -> set[int]:
+        """Shards that may be running a handler (a message of theirs is `dispatched`)."""
+        return {
+            m.shard
+            for m in self.ledger.live.values()
+            if m.state in (State.DISPATCHED, State.DISPATCHING, State.FINISHING)
+        }
 
     def _fenced(self) -> None:
         if self.on_fenced is not None:

@@ -98,6 +98,7 @@ class Supervisor:
         self.member: GroupMember | None = None  # cluster mode: placement, peers, master
         self._metrics_server: asyncio.Server | None = None
         self._fenced_out = False  # declared dead by the group: stop without draining
+        self._membership_task: asyncio.Task[None] | None = None
 
     # ---- start ------------------------------------------------------------------------
 
@@ -156,8 +157,11 @@ class Supervisor:
             loop.create_task(self._health_loop()),
             loop.create_task(self._cleanup_loop()),
             loop.create_task(self._stall_loop()),
-            *([loop.create_task(self.membership.run())] if self.membership else []),
         ]
+        if self.membership is not None:
+            # It keeps renewing the lease while the node drains (a lapse would end the
+            # handlers that are finishing); _shutdown ends it just before leaving.
+            self._membership_task = loop.create_task(self.membership.run())
         try:
             await self._wait_first_shards()
             if self.fatal is None and not self._stop_before_serving:
@@ -234,6 +238,8 @@ class Supervisor:
         address = cluster.advertised or self.config.listen
         self.membership = Membership(store, cluster, self.server_id, address, self._halt)
         self.membership.declared_dead = self._fenced
+        self.membership.lease_lost = self._lease_lost
+        self.membership.lease_back = self._lease_back
         try:
             await self.membership.join()
         except errors.RedisUnavailable as exc:
@@ -328,6 +334,23 @@ class Supervisor:
                 return
             if event == "fatal":
                 return
+
+    def _lease_lost(self) -> None:
+        """Self-fencing: the group may soon declare this node dead and move its entities.
+        No handler starts from now; the shards running one are killed (their messages
+        are interrupted: fail if interrupted) before anyone else may run those entities."""
+        if self.core is None:
+            return
+        self.core.lapsed = True
+        for index in sorted(self.core.running_shards()):
+            link = self.slots[index].link if index < len(self.slots) else None
+            if link is not None:
+                log.warning("lease lapsed: killing shard %d, which runs handlers", index)
+                link.kill()
+
+    def _lease_back(self) -> None:
+        if self.core is not None:
+            self.core.lapsed = False
 
     def _fenced(self, reason: str = "") -> None:
         """Declared dead, entities moved: stop, and end running handlers at once (their
@@ -541,6 +564,10 @@ class Supervisor:
             await self.core.wal.close()
             self.core.abandon_waiters()
         if self.membership is not None:
+            if self._membership_task is not None:
+                self._membership_task.cancel()
+                await asyncio.gather(self._membership_task, return_exceptions=True)
+            self.membership.stop_lease()
             await self.membership.leave()
         if self.member is not None:
             await self.member.close()
