@@ -76,6 +76,10 @@ class Membership:
         self.lease_lost: Callable[[], None] | None = None
         self.lease_back: Callable[[], None] | None = None
         self.lapsed = False
+        #: called with the lease's end in time.monotonic() at every renewal (the shards
+        #: start no handler past it)
+        self.lease_renewed: Callable[[float], None] | None = None
+        self.lease_until_mono = 0.0
         self._lease_timer: asyncio.TimerHandle | None = None
         self._steady_since = 0.0  # loop time the lease was last (re)gained
 
@@ -201,12 +205,20 @@ class Membership:
     async def _heartbeat(self) -> int | Taken | BeingAdopted | Fenced:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()  # the lease runs from before the renewal was sent
+        sent_mono = time.monotonic()
         result = await self.store.heartbeat(
             self.server_id, self.token, self.address, os.getpid(), self.config.node_ttl_ms
         )
         if isinstance(result, int):
             self._renewed(sent_at)
+            self.lease_until_mono = sent_mono + self._lease_s
+            if self.lease_renewed is not None:
+                self.lease_renewed(self.lease_until_mono)
         return result
+
+    @property
+    def _lease_s(self) -> float:
+        return (self.config.node_ttl_ms - self.fence_margin_ms) / 1000
 
     # ---- the lease (self-fencing) -----------------------------------------------------
 
@@ -227,7 +239,7 @@ class Membership:
         loop = asyncio.get_running_loop()
         if self._lease_timer is not None:
             self._lease_timer.cancel()
-        ends = sent_at + (self.config.node_ttl_ms - self.fence_margin_ms) / 1000
+        ends = sent_at + self._lease_s
         self._lease_timer = loop.call_at(ends, self._lapse)
         if self.lapsed or not self._steady_since:
             self._steady_since = loop.time()

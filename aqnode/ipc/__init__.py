@@ -168,6 +168,14 @@ class Stop(_Item):
     drain_timeout_ms: int
 
 
+class Lease(_Item):
+    """Cluster mode: no handler may start once ``time.monotonic()`` passes ``until`` (the
+    node's membership lease, less a margin) until a newer lease comes; CLOCK_MONOTONIC
+    runs on while a process is stopped, so a paused shard that wakes finds it over."""
+
+    until: float
+
+
 ToSupervisor = (
     Hello
     | Ready
@@ -180,7 +188,7 @@ ToSupervisor = (
     | Submit
     | Heartbeat
 )
-ToShard = Welcome | Deliver | DispatchResult | RetryResult | SubmitResult | Stop
+ToShard = Welcome | Deliver | DispatchResult | RetryResult | SubmitResult | Stop | Lease
 
 In = TypeVar("In")  # the union of items this end receives
 Out = TypeVar("Out")  # the union of items this end sends

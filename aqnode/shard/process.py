@@ -98,6 +98,8 @@ class Shard:
                     self.bus.resolve(item)
                 elif isinstance(item, ipc.Stop):
                     asyncio.get_running_loop().create_task(self._drain(pool, item))
+                elif isinstance(item, ipc.Lease):
+                    pool.set_lease(item.until)
 
     async def _drain(self, pool: WorkerPool, stop: ipc.Stop) -> None:
         pool.start_draining()

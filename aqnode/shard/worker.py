@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 import time
 import traceback
@@ -78,6 +79,9 @@ class WorkerPool:
         self._loggers: dict[str, logging.Logger] = {}
         self._drain_event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: cluster mode: time.monotonic() after which no handler starts (see ipc.Lease)
+        self.lease_until = math.inf
+        self._lease_renewed = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self.handled = 0
         self.draining = False  # set on Stop: running handlers finish, nothing new starts
@@ -165,8 +169,21 @@ class WorkerPool:
         self.handled += 1
         self._send(outcome)
 
+    def set_lease(self, until: float) -> None:
+        self.lease_until = until
+        self._lease_renewed.set()
+
+    async def _within_lease(self) -> None:
+        """Cluster mode: wait while the node's lease is over (it may have been declared
+        dead, its entities moved); the supervisor renews it, or ends this shard."""
+        while time.monotonic() >= self.lease_until:
+            self._lease_renewed.clear()
+            await self._lease_renewed.wait()
+
     async def _run_once(self, item: ipc.Deliver) -> ipc.Outcome:
         """Consume the message's permit and call its handler: at most once per permit."""
+        if time.monotonic() >= self.lease_until:
+            await self._within_lease()
         if not item.dispatched:  # unreachable by design; refuse rather than run twice
             error = errors.AqError(
                 f"message {item.message_id} was about to run without a dispatched mark; "

@@ -240,6 +240,7 @@ class Supervisor:
         self.membership.declared_dead = self._fenced
         self.membership.lease_lost = self._lease_lost
         self.membership.lease_back = self._lease_back
+        self.membership.lease_renewed = self._send_lease
         try:
             await self.membership.join()
         except errors.RedisUnavailable as exc:
@@ -348,6 +349,11 @@ class Supervisor:
                 log.warning("lease lapsed: killing shard %d, which runs handlers", index)
                 link.kill()
 
+    def _send_lease(self, until: float) -> None:
+        for slot in self.slots:
+            if slot.link is not None and slot.link.ready:
+                slot.link.send(ipc.Lease(until))
+
     def _lease_back(self) -> None:
         if self.core is not None:
             self.core.lapsed = False
@@ -428,6 +434,8 @@ class Supervisor:
         slot.failed_starts = 0
         if not core.validator.entries:
             core.learn(link.catalogue)  # the first shard ready tells what the node handles
+        if self.membership is not None:  # before any message it could start
+            link.send(ipc.Lease(self.membership.lease_until_mono))
         core.shard_up(slot.index, link.send)
         watcher = asyncio.get_running_loop().create_task(self._watch(slot, link))
         self._watchers.add(watcher)
