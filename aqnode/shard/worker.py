@@ -294,6 +294,8 @@ class WorkerPool:
         if spec.is_async:
             # In the worker's own task (a task per message would cost a third of the
             # shard's CPU): _execute turns whatever escapes into the message's outcome.
+            if self.lease_until != math.inf:  # cluster mode: stopped when the lease ends
+                return await _Leased(func(*args), self)
             return await func(*args)
         # A plain def runs in a thread so that it does not stall other entities.
         return await asyncio.get_running_loop().run_in_executor(None, func, *args)
@@ -350,6 +352,48 @@ async def _absorb_cancellation(task: asyncio.Task[Any]) -> None:
         await asyncio.sleep(0)
     while task.cancelling():
         task.uncancel()
+
+
+class LeaseOver(Exception):
+    """Thrown into a handler that would go on past its node's lease."""
+
+
+class _Leased:
+    """Drives a handler's coroutine step by step and, before every step, checks the
+    node's lease: a handler resumed after its node's lease ran out (the process was
+    paused, or cut off from Redis) gets LeaseOver instead of running on, because its
+    entity may already run elsewhere. A handler that catches it is thrown it again at
+    its next step. (A plain ``def`` handler in a thread cannot be stopped this way.)"""
+
+    __slots__ = ("_coro", "_pool")
+
+    def __init__(self, coro: Any, pool: WorkerPool) -> None:
+        self._coro = coro
+        self._pool = pool
+
+    def __await__(self) -> Any:
+        coro, pool = self._coro, self._pool
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            if error is None and time.monotonic() >= pool.lease_until:
+                error = LeaseOver(
+                    "this node's membership lease ran out while the handler was running "
+                    "(the node was paused or cut off from Redis) and its entity may run "
+                    "elsewhere now: the handler was stopped (fail if interrupted)"
+                )
+            try:
+                if error is not None:
+                    thrown, error = error, None
+                    step = coro.throw(thrown)
+                else:
+                    step = coro.send(value)
+            except StopIteration as done:
+                return done.value
+            try:
+                value = yield step
+            except BaseException as exc:  # e.g. a cancellation: handed to the handler
+                value, error = None, exc
 
 
 async def _nothing_to_confirm() -> None:

@@ -1,0 +1,168 @@
+"""The cluster under faults (SPEC 10.1 "Fencing", "A dead node's log is adopted"; issue 9):
+one node cut off from Redis by a TCP proxy, or paused with SIGSTOP, for several
+node_ttl_ms under load. The node starts no handler once its lease is over, its entities
+run elsewhere, it stops when it comes back (it was declared dead), and across the group
+no entity ever runs two handlers at once, no message runs twice, each sender's order
+holds, and every acknowledged message ran or was dead-lettered `interrupted`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from aqnode.client import Client
+from aqnode.errors import AqError
+from aqnode.wal.dlq import DeadLetterQueue
+from tests.handlers.testkit import Span
+from tests.integration.test_cluster_membership import CLUSTER, agreed
+from tests.integration.test_cluster_placement import IDS, shard_pids, spread
+from tests.node_fixture import Node, running_node
+from tests.redis_fixture import wait_for
+from tests.tcp_proxy import TcpProxy, tcp_proxy
+
+TTL_S = CLUSTER["node_ttl_ms"] / 1000
+ENTITIES = 12
+RESENT = ("UNAVAILABLE", "MASTER_REBUILDING", "REDIS_UNAVAILABLE", "DRAINING")
+
+
+@contextlib.contextmanager
+def group_with_proxy(tmp_path: Path, redis_url: str) -> Iterator[tuple[list[Node], TcpProxy]]:
+    """n1, n2 on Redis directly; n3 through a proxy the test can cut."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    with tcp_proxy(host, int(port)) as proxy, contextlib.ExitStack() as stack:
+        nodes = []
+        for sid in IDS:
+            extra = {"redis": {"url": f"redis://{proxy.address}/0"}} if sid == "n3" else {}
+            nodes.append(
+                stack.enter_context(
+                    running_node(
+                        tmp_path / sid, redis_url, server_id=sid, shards=1, cluster=CLUSTER,
+                        **extra,
+                    )
+                )
+            )  # fmt: skip
+        wait_for(lambda: agreed(nodes, "n1", set(IDS)), timeout=15)
+        wait_for(lambda: spread(nodes), timeout=15)
+        yield nodes, proxy
+
+
+async def load(
+    addresses: list[str], fault: Callable[[], None], heal: Callable[[], None]
+) -> tuple[list[str], float, float]:
+    """Two senders (one per address), one lane per entity each, every call resent under
+    its id until acknowledged; the fault starts after 1 s and lasts 4 x node_ttl_ms."""
+    stop = asyncio.Event()
+    acked: list[str] = []
+
+    async def lane(bus: Client, sender: str, entity: str) -> None:
+        for seq in itertools.count():
+            if stop.is_set():
+                return
+            mid = f"{sender}-{entity}-{seq}"
+            while True:
+                try:
+                    await bus.enqueue(
+                        Span(name=entity, ms=20, seq=seq, sender=sender), message_id=mid
+                    )
+                    break
+                except AqError as exc:
+                    assert exc.code in RESENT, exc
+                    await asyncio.sleep(0.05)
+            acked.append(mid)
+            await asyncio.sleep(0.01)
+
+    async with contextlib.AsyncExitStack() as stack:
+        buses = [await stack.enter_async_context(Client(a, follow_owners=False)) for a in addresses]
+        lanes = [
+            asyncio.create_task(lane(bus, f"s{i}", f"fault-{e}"))
+            for i, bus in enumerate(buses)
+            for e in range(ENTITIES)
+        ]
+        await asyncio.sleep(1.0)
+        began = time.time()
+        fault()
+        await asyncio.sleep(4 * TTL_S)
+        healed = time.time()
+        heal()
+        await asyncio.sleep(1.5)
+        stop.set()
+        await asyncio.gather(*lanes)
+    return acked, began, healed
+
+
+def check(r: redis.Redis, acked: list[str], faulty_pids: set[int], began: float) -> None:
+    interrupted = {d.id for d in DeadLetterQueue(r, "aq").entries() if d.reason == "interrupted"}
+    records = []
+    for e in range(ENTITIES):
+        for raw in r.lrange(f"t:span:fault-{e}", 0, -1):
+            start, end, pid, mid, seq, sender = raw.decode().split(":")
+            records.append(
+                (f"fault-{e}", float(start), float(end), int(pid), mid, int(seq), sender)
+            )
+    ran = [rec[4] for rec in records]
+    assert len(ran) == len(set(ran)), "a message ran twice"
+    assert set(acked) <= set(ran) | interrupted, "an acknowledged message was lost"
+    for e in range(ENTITIES):
+        mine = sorted(rec[1:] for rec in records if rec[0] == f"fault-{e}")
+        for before, after in itertools.pairwise(mine):
+            assert after[0] >= before[1], f"fault-{e}: two handlers overlapped"
+        for sender in ("s0", "s1"):
+            seqs = [rec[4] for rec in mine if rec[5] == sender]
+            assert seqs == sorted(seqs), f"fault-{e}: {sender} out of order"
+    # The cut node starts nothing once its lease is over (ttl less a margin after its
+    # last renewal, which came before the fault).
+    late = [rec for rec in records if rec[3] in faulty_pids and rec[1] > began + TTL_S]
+    assert late == [], f"the cut-off node started handlers: {late[:3]}"
+    moved = {rec[0] for rec in records if rec[3] not in faulty_pids and rec[1] > began + TTL_S}
+    assert moved, "no entity ran elsewhere during the fault"
+
+
+@pytest.mark.parametrize("fault", ["partition", "pause"])
+def test_a_node_cut_off_or_paused_past_its_lease_starts_nothing_and_stops_when_back(
+    tmp_path: Path, redis_url: str, fault: str
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    with group_with_proxy(tmp_path, redis_url) as (nodes, proxy):
+        n3 = nodes[2]
+        faulty_pids = shard_pids(n3)
+
+        def cut() -> None:
+            if fault == "partition":
+                proxy.cut()
+            else:
+                os.killpg(n3.proc.pid, signal.SIGSTOP)
+
+        def heal() -> None:
+            if fault == "partition":
+                proxy.restore()
+            else:
+                os.killpg(n3.proc.pid, signal.SIGCONT)
+
+        acked, began, _healed = asyncio.run(load([n.address for n in nodes[:2]], cut, heal))
+        # Declared dead and adopted: when it can reach Redis again it stops, saying why.
+        assert n3.proc.wait(30) == 1
+        assert "declared this node dead" in n3.log_path.read_text()
+        wait_for(
+            lambda: sum(r.llen(f"t:span:fault-{e}") for e in range(ENTITIES)) >= len(acked) - 20,
+            timeout=30,
+        )
+        time.sleep(0)  # the checks read what the handlers recorded
+        wait_for(lambda: _settled(r, acked), timeout=30)
+        check(r, acked, faulty_pids, began)
+
+
+def _settled(r: redis.Redis, acked: list[str]) -> bool:
+    ran = set()
+    for e in range(ENTITIES):
+        ran |= {raw.decode().split(":")[3] for raw in r.lrange(f"t:span:fault-{e}", 0, -1)}
+    interrupted = {d.id for d in DeadLetterQueue(r, "aq").entries() if d.reason == "interrupted"}
+    return set(acked) <= ran | interrupted
