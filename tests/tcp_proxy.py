@@ -83,10 +83,16 @@ class TcpProxy:
         self._call(go)
 
     def close(self) -> None:
-        self._server.close()
         self.restore()
+
+        async def shut() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()  # its self-pipe is a socket pair: closed, not left to the GC
 
 
 @contextlib.contextmanager

@@ -103,6 +103,7 @@ class Connection:
         epoch: int = 0,
         hops: int = 0,
         assigned: bool = False,
+        assigned_last: bool = False,
     ) -> list[asyncio.Future[SendResult]]:
         """Queue ``envelopes`` on the stream, in order; one future each."""
         self.connect()
@@ -129,6 +130,7 @@ class Connection:
                     epoch=epoch,
                     hops=hops,
                     assigned=assigned,
+                    assigned_last=assigned_last,
                 )
             )
         self._outbox_ready.set()

@@ -65,7 +65,7 @@ class Adoption:
         redis: Any,
         config: NodeConfig,
         submit: Callable[[list[Call]], None],
-        make_call: Callable[[Envelope, Callable[[SendResult], None]], Call],
+        make_call: Callable[[Envelope, Callable[[SendResult], None], bool], Call],
     ) -> None:
         self.dead = dead
         self.me = me
@@ -121,7 +121,7 @@ class Adoption:
             if not await self._store.adopt(self.dead, self.me, self._ttl_ms, HOLD_MS):
                 raise AdoptionFailed(f"lost the right to adopt {self.dead}'s log")
             heads = [(key, q[0]) for key, q in queues.items()]
-            results = await self._send([entry for _, entry in heads])
+            results = await self._send([(entry, len(queues[key]) == 1) for key, entry in heads])
             landed = [
                 entry["id"] for (_, entry), result in zip(heads, results, strict=True) if result.ok
             ]
@@ -182,17 +182,18 @@ class Adoption:
         limit = max(self._config.retry_for(etype).max_attempts, INTERRUPT_RETRY_FLOOR)
         return int(entry.get("attempts", 0)) < limit
 
-    async def _send(self, entries: list[dict[str, Any]]) -> list[SendResult]:
+    async def _send(self, entries: list[tuple[dict[str, Any], bool]]) -> list[SendResult]:
+        """Each entry with whether it is its entity's last moved message."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[SendResult]] = []
         calls = []
-        for e in entries:
+        for e, last in entries:
             future: asyncio.Future[SendResult] = loop.create_future()
             futures.append(future)
             env = Envelope(
                 e["entity_type"], e["message"], e["entity_id"], e["payload"], MSGPACK, e["id"]
             )
-            calls.append(self._make_call(env, _setter(future)))
+            calls.append(self._make_call(env, _setter(future), last))
         self._submit(calls)
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), ROUND_TIMEOUT_S))

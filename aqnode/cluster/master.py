@@ -36,6 +36,7 @@ class MasterDuties:
         new_adoption: Callable[[str], Adoption],
         placed: Callable[[str, str], None],
         steady: Callable[[], bool] = lambda: True,
+        moved: Callable[[str], None] = lambda key: None,
     ) -> None:
         self.server_id = server_id
         self._state = state
@@ -46,6 +47,7 @@ class MasterDuties:
         #: this node has held its own lease long enough to judge others dead: after a
         #: Redis outage every heartbeat is old, and nobody is adopted for that
         self._steady = steady
+        self._moved = moved  # an adopted entity's messages are all with its new owner
         self.table: AssignmentTable | None = None  #: ready for petitions at its epoch
         self._building: asyncio.Task[None] | None = None
         self._building_epoch = 0
@@ -254,6 +256,7 @@ class MasterDuties:
 
     def _release(self, key: str) -> None:
         self.moving.pop(key, None)
+        self._moved(key)
 
     def _place(self, key: str, table: AssignmentTable) -> None:
         state = self._state()

@@ -31,7 +31,7 @@ class GroupMember:
         config: NodeConfig,
         redis: Any,
         submit: Callable[[list[Call]], None],
-        make_call: Callable[[Envelope, Callable[[SendResult], None]], Call],
+        make_call: Callable[[Envelope, Callable[[SendResult], None], bool], Call],
         reply_timeout_ms: Callable[[str], int],
     ) -> None:
         self.membership = membership
@@ -60,6 +60,7 @@ class GroupMember:
             new_adoption,
             self.router.placed,
             self._steady,
+            self.router.adoption_done,
         )
         self._epoch = membership.state.epoch
         membership.on_view = self._on_view

@@ -191,6 +191,7 @@ class Peer:
         epoch: int,
         hops: int,
         assigned: bool = False,
+        assigned_last: bool = False,
     ) -> asyncio.Future[SendResult]:
         """Post one call to this peer's ``Session`` stream (in order with the others)."""
         if not self.breaker.allow():
@@ -200,7 +201,13 @@ class Peer:
             )
             return future
         (future,) = self.session.post(
-            [env], wait=wait, timeout_ms=timeout_ms, epoch=epoch, hops=hops, assigned=assigned
+            [env],
+            wait=wait,
+            timeout_ms=timeout_ms,
+            epoch=epoch,
+            hops=hops,
+            assigned=assigned,
+            assigned_last=assigned_last,
         )
         future.add_done_callback(self._forwarded)
         return future

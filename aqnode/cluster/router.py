@@ -64,6 +64,8 @@ class Router:
         self._reply_timeout_ms = reply_timeout_ms  # an entity type's reply_timeout_ms
         self.owned: set[str] = set()  #: entities this node owns
         self.homes: dict[str, str] = {}  #: entity key -> server_id of its owner (a cache)
+        #: owned entities whose moved messages (adoption) are still arriving
+        self.adopting: set[str] = set()
         self._waiting: dict[str, list[Call]] = {}  #: calls behind a petition, in order
         self._to_ask: list[str] = []
         self._petitions = asyncio.Semaphore(config.max_concurrent_petitions)
@@ -86,11 +88,19 @@ class Router:
         if not call.order:
             call.order = next(self._order)
         if call.adopted and call.epoch:
-            # The master moves a dead node's message here: this node owns the entity now
-            # (the master holds every other call for it until its messages have moved).
+            # The master moves a dead node's message here: this node owns the entity now.
+            # Until the last moved message has come, its other calls wait here (the
+            # master holds them elsewhere), so that none overtakes a moved one.
             self.owned.add(key)
             self.homes.pop(key, None)
+            if call.adopted_last:
+                self.adoption_done(key)
+            else:
+                self.adopting.add(key)
             return True
+        if key in self.adopting and not call.adopted:
+            self._waiting.setdefault(key, []).append(call)
+            return False
         waiting = self._waiting.get(key)
         if waiting is not None and not call.adopted:  # behind a petition: keep its place
             waiting.append(call)
@@ -106,12 +116,22 @@ class Router:
         return False
 
     def placed(self, key: str, owner: str) -> None:
-        """The master (this node) gave ``key`` to ``owner`` (adoption moves its messages)."""
+        """The master (this node) gave ``key`` to ``owner`` (adoption moves its messages;
+        :meth:`adoption_done` follows)."""
         if owner == self.server_id:
             self.owned.add(key)
+            self.adopting.add(key)
         else:
             self.owned.discard(key)
             self.homes[key] = owner
+
+    def adoption_done(self, key: str) -> None:
+        """Every moved message of ``key`` is in its owner's log: its held calls go on,
+        after the one being admitted now (call_soon: the same commit order)."""
+        self.adopting.discard(key)
+        calls = self._waiting.pop(key, None) if key in self.owned else None
+        if calls:
+            asyncio.get_running_loop().call_soon(self._resubmit, calls)
 
     def claim(self, keys: list[str]) -> None:
         """Entities this node runs already (its log's, at start): it owns them."""
@@ -126,6 +146,10 @@ class Router:
     def on_view(self, state: ClusterState, changed_epoch: bool) -> None:
         if changed_epoch:
             self.homes.clear()
+            # A new master: an adoption the old one left unfinished is done again by the
+            # new one, which holds those entities itself; nothing waits here for it.
+            for key in list(self.adopting):
+                self.adoption_done(key)
             return
         alive = {m.server_id for m in state.members if m.alive}
         for key in [k for k, owner in self.homes.items() if owner not in alive]:
@@ -223,6 +247,7 @@ class Router:
             epoch=state.epoch,
             hops=call.hops + 1,
             assigned=call.adopted,
+            assigned_last=call.adopted_last,
         )
         loop = asyncio.get_running_loop()
         timer = loop.call_later(deadline_ms / 1000, self._forward_timed_out, future, call, peer)

@@ -185,6 +185,7 @@ class AqNodeService(pb_grpc.AqNodeServicer):
                             epoch=c.epoch,
                             hops=c.hops,
                             adopted=c.assigned,
+                            adopted_last=c.assigned_last,
                         )
                         for c in frame.calls
                     ]

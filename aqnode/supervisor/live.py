@@ -58,6 +58,7 @@ class Call:
     #: cluster mode: a dead node's message moving to its entity's new owner (adoption);
     #: it goes ahead of the calls for that entity waiting here for the master
     adopted: bool = False
+    adopted_last: bool = False  #: ... and the last of its entity's moved messages
 
 
 @dataclass(slots=True)

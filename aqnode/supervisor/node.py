@@ -648,8 +648,8 @@ class Supervisor:
         )
 
 
-def _adopted_call(envelope: Envelope, reply: Callable[[SendResult], None]) -> Call:
-    return Call(envelope, False, 0, reply, adopted=True)
+def _adopted_call(envelope: Envelope, reply: Callable[[SendResult], None], last: bool) -> Call:
+    return Call(envelope, False, 0, reply, adopted=True, adopted_last=last)
 
 
 def _cluster_metrics(metrics: NodeMetrics, member: GroupMember) -> None:

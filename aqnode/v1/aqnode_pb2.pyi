@@ -81,7 +81,7 @@ class EnqueueAndWaitReply(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., reply: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "envelope", "wait", "timeout_ms", "epoch", "hops", "assigned")
+    __slots__ = ("call_id", "envelope", "wait", "timeout_ms", "epoch", "hops", "assigned", "assigned_last")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class Call(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_LAST_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     envelope: Envelope
     wait: bool
@@ -96,7 +97,8 @@ class Call(_message.Message):
     epoch: int
     hops: int
     assigned: bool
-    def __init__(self, call_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., assigned: _Optional[bool] = ...) -> None: ...
+    assigned_last: bool
+    def __init__(self, call_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., assigned: _Optional[bool] = ..., assigned_last: _Optional[bool] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
     __slots__ = ("calls",)

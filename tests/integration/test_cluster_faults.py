@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -99,7 +100,15 @@ async def load(
     return acked, began, healed
 
 
-def check(r: redis.Redis, acked: list[str], faulty_pids: set[int], began: float) -> None:
+def check(
+    r: redis.Redis,
+    acked: list[str],
+    faulty_pids: set[int] | None = None,
+    began: float = 0.0,
+) -> None:
+    """No duplicate, nothing acknowledged lost, no overlap, FIFO per sender; with
+    ``faulty_pids``: the faulty node started nothing past its lease and its entities ran
+    elsewhere during the fault that ``began``."""
     interrupted = {d.id for d in DeadLetterQueue(r, "aq").entries() if d.reason == "interrupted"}
     records = []
     for e in range(ENTITIES):
@@ -118,6 +127,8 @@ def check(r: redis.Redis, acked: list[str], faulty_pids: set[int], began: float)
         for sender in ("s0", "s1"):
             seqs = [rec[4] for rec in mine if rec[5] == sender]
             assert seqs == sorted(seqs), f"fault-{e}: {sender} out of order"
+    if faulty_pids is None:
+        return
     # The cut node starts nothing once its lease is over (ttl less a margin after its
     # last renewal, which came before the fault).
     late = [rec for rec in records if rec[3] in faulty_pids and rec[1] > began + TTL_S]
@@ -166,3 +177,128 @@ def _settled(r: redis.Redis, acked: list[str]) -> bool:
         ran |= {raw.decode().split(":")[3] for raw in r.lrange(f"t:span:fault-{e}", 0, -1)}
     interrupted = {d.id for d in DeadLetterQueue(r, "aq").entries() if d.reason == "interrupted"}
     return set(acked) <= ran | interrupted
+
+
+def test_a_rolling_restart_under_load_loses_nothing_and_keeps_order(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Every node is stopped (SIGTERM) and started again, one after the other, while two
+    senders (clients given all three addresses, routing to owners) keep sending."""
+    r = redis.Redis.from_url(redis_url)
+    with contextlib.ExitStack() as stack:
+        nodes = [
+            stack.enter_context(
+                running_node(tmp_path / sid, redis_url, server_id=sid, shards=1, cluster=CLUSTER)
+            )
+            for sid in IDS
+        ]
+        wait_for(lambda: agreed(nodes, "n1", set(IDS)), timeout=15)
+        wait_for(lambda: spread(nodes), timeout=15)
+        everyone = ",".join(n.address for n in nodes)
+
+        def roll() -> None:
+            for node in nodes:
+                assert node.terminate() == 0
+                node.respawn()
+                wait_for(lambda: agreed(nodes, "n1", set(IDS)), timeout=20)
+
+        async def run() -> list[str]:
+            stop = asyncio.Event()
+            acked: list[str] = []
+
+            async def lane(bus: Client, sender: str, entity: str) -> None:
+                for seq in itertools.count():
+                    if stop.is_set():
+                        return
+                    mid = f"{sender}-{entity}-{seq}"
+                    while True:
+                        try:
+                            await bus.enqueue(
+                                Span(name=entity, ms=5, seq=seq, sender=sender), message_id=mid
+                            )
+                            break
+                        except AqError as exc:
+                            assert exc.code in RESENT, exc
+                            await asyncio.sleep(0.05)
+                    acked.append(mid)
+                    await asyncio.sleep(0.005)
+
+            async with Client(everyone) as a, Client(everyone) as b:
+                lanes = [
+                    asyncio.create_task(lane(bus, f"s{i}", f"fault-{e}"))
+                    for i, bus in enumerate((a, b))
+                    for e in range(ENTITIES)
+                ]
+                await asyncio.to_thread(roll)
+                await asyncio.sleep(1.0)
+                stop.set()
+                await asyncio.gather(*lanes)
+            return acked
+
+        acked = asyncio.run(run())
+        assert len(acked) > 100
+        try:
+            wait_for(lambda: _settled(r, acked), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"acknowledged, never ran: {_missing(r, acked)}") from None
+        interrupted = {
+            d.id for d in DeadLetterQueue(r, "aq").entries() if d.reason == "interrupted"
+        }
+        assert not interrupted & set(acked), "a clean stop interrupted a message"
+        check(r, acked)
+
+
+def test_the_group_recovers_by_itself_from_a_redis_outage(
+    tmp_path: Path, redis_url: str, redis_server: Any
+) -> None:
+    """Redis away for several node_ttl_ms: every node rejects new work meanwhile (nothing
+    is buffered), no node declares another dead for it, and all serve again after."""
+    with contextlib.ExitStack() as stack:
+        nodes = [
+            stack.enter_context(
+                running_node(tmp_path / sid, redis_url, server_id=sid, shards=1, cluster=CLUSTER)
+            )
+            for sid in IDS
+        ]
+        wait_for(lambda: agreed(nodes, "n1", set(IDS)), timeout=15)
+        epoch = nodes[0].status().epoch
+        redis_server.stop(persist=True)
+        try:
+            with nodes[1].client() as client, pytest.raises(AqError) as refused:
+                client.enqueue_and_wait(Span(name="outage"), timeout=2)
+            assert refused.value.code in ("REDIS_UNAVAILABLE", "UNAVAILABLE")
+            time.sleep(4 * TTL_S)  # the outage itself: no condition to wait for
+        finally:
+            redis_server.start()
+        wait_for(lambda: agreed(nodes, "n1", set(IDS)), timeout=20)
+        assert all(n.proc.poll() is None for n in nodes), "a node stopped for an outage"
+        for node in nodes:
+            with node.client() as client:
+                wait_for(lambda c=client: _serves(c), timeout=20)
+        assert nodes[0].status().epoch >= epoch
+
+
+def _serves(client: Any) -> bool:
+    try:
+        client.enqueue_and_wait(Span(name=f"after-{time.monotonic()}"), timeout=2)
+        return True
+    except AqError:
+        return False
+
+
+def _missing(r: redis.Redis, acked: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """Acknowledged messages that neither ran nor were dead-lettered, with what every
+    node's log says of them."""
+    ran = set()
+    for e in range(ENTITIES):
+        ran |= {raw.decode().split(":")[3] for raw in r.lrange(f"t:span:fault-{e}", 0, -1)}
+    gone = [mid for mid in acked if mid not in ran][:5]
+    found = []
+    for mid in gone:
+        states = {}
+        for sid in IDS:
+            entry = r.hgetall(f"aq:{{{sid}}}:m:{mid}")
+            if entry:
+                states[sid] = entry.get(b"state", b"?").decode()
+        found.append((mid, states))
+    return found
