@@ -238,7 +238,7 @@ def test_a_rolling_restart_under_load_loses_nothing_and_keeps_order(
         acked = asyncio.run(run())
         assert len(acked) > 100
         try:
-            wait_for(lambda: _settled(r, acked), timeout=30)
+            wait_for(lambda: _settled(r, acked), timeout=60)
         except AssertionError:
             raise AssertionError(f"acknowledged, never ran: {_missing(r, acked)}") from None
         interrupted = {
