@@ -20,3 +20,7 @@ class Context:
     enqueued_at: float
     logger: logging.Logger | logging.LoggerAdapter[Any]
     bus: Bus
+    #: cluster mode: an integer that grows every time the entity changes owner (0 on a
+    #: standalone node); a handler that writes elsewhere can refuse writes stamped with a
+    #: smaller token than the last it saw, which fences out a former owner's late writes
+    fencing_token: int = 0

@@ -104,6 +104,7 @@ class Connection:
         hops: int = 0,
         assigned: bool = False,
         assigned_last: bool = False,
+        fencing_token: int = 0,
     ) -> list[asyncio.Future[SendResult]]:
         """Queue ``envelopes`` on the stream, in order; one future each."""
         self.connect()
@@ -131,6 +132,7 @@ class Connection:
                     hops=hops,
                     assigned=assigned,
                     assigned_last=assigned_last,
+                    fencing_token=fencing_token,
                 )
             )
         self._outbox_ready.set()

@@ -65,7 +65,7 @@ class Adoption:
         redis: Any,
         config: NodeConfig,
         submit: Callable[[list[Call]], None],
-        make_call: Callable[[Envelope, Callable[[SendResult], None], bool], Call],
+        make_call: Callable[[Envelope, Callable[[SendResult], None], bool, int], Call],
     ) -> None:
         self.dead = dead
         self.me = me
@@ -102,7 +102,7 @@ class Adoption:
         self.keys = {entity_key(e["entity_type"], e["entity_id"]) for e in self.entries}
         return True
 
-    async def run(self, place: Callable[[str], None], release: Callable[[str], None]) -> None:
+    async def run(self, place: Callable[[str, int], None], release: Callable[[str], None]) -> None:
         """Interrupt what may have been running, move the rest; ``place(key)`` decides an
         entity's new owner before its messages go, ``release(key)`` lets petitions for it
         through once they have."""
@@ -115,13 +115,18 @@ class Adoption:
                 )
         for key in self.keys - queues.keys():
             release(key)
+        # A new owner, a new fencing token: larger than any the entity had before.
+        last = await self._store.next_tokens(max(len(queues), 1))
+        tokens = {key: last - len(queues) + 1 + i for i, key in enumerate(queues)}
         for key in queues:
-            place(key)
+            place(key, tokens[key])
         while queues:
             if not await self._store.adopt(self.dead, self.me, self._ttl_ms, HOLD_MS):
                 raise AdoptionFailed(f"lost the right to adopt {self.dead}'s log")
             heads = [(key, q[0]) for key, q in queues.items()]
-            results = await self._send([(entry, len(queues[key]) == 1) for key, entry in heads])
+            results = await self._send(
+                [(entry, len(queues[key]) == 1, tokens[key]) for key, entry in heads]
+            )
             landed = [
                 entry["id"] for (_, entry), result in zip(heads, results, strict=True) if result.ok
             ]
@@ -182,18 +187,18 @@ class Adoption:
         limit = max(self._config.retry_for(etype).max_attempts, INTERRUPT_RETRY_FLOOR)
         return int(entry.get("attempts", 0)) < limit
 
-    async def _send(self, entries: list[tuple[dict[str, Any], bool]]) -> list[SendResult]:
-        """Each entry with whether it is its entity's last moved message."""
+    async def _send(self, entries: list[tuple[dict[str, Any], bool, int]]) -> list[SendResult]:
+        """Each entry with whether it is its entity's last moved message, and its token."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[SendResult]] = []
         calls = []
-        for e, last in entries:
+        for e, last, token in entries:
             future: asyncio.Future[SendResult] = loop.create_future()
             futures.append(future)
             env = Envelope(
                 e["entity_type"], e["message"], e["entity_id"], e["payload"], MSGPACK, e["id"]
             )
-            calls.append(self._make_call(env, _setter(future), last))
+            calls.append(self._make_call(env, _setter(future), last, token))
         self._submit(calls)
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), ROUND_TIMEOUT_S))

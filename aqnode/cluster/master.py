@@ -34,7 +34,7 @@ class MasterDuties:
         peers: Peers,
         own_list: Callable[[], list[str]],
         new_adoption: Callable[[str], Adoption],
-        placed: Callable[[str, str], None],
+        placed: Callable[[str, str, int], None],
         steady: Callable[[], bool] = lambda: True,
         moved: Callable[[str], None] = lambda key: None,
     ) -> None:
@@ -230,7 +230,7 @@ class MasterDuties:
                 return
             self._hold(adoption, table)
         try:
-            await adoption.run(lambda key: self._place(key, table), self._release)
+            await adoption.run(lambda key, token: self._place(key, token, table), self._release)
             done = True
             self._adopted.add(sid)
             self.adoptions += 1
@@ -258,12 +258,12 @@ class MasterDuties:
         self.moving.pop(key, None)
         self._moved(key)
 
-    def _place(self, key: str, table: AssignmentTable) -> None:
+    def _place(self, key: str, token: int, table: AssignmentTable) -> None:
         state = self._state()
         live = [m.server_id for m in state.members if m.alive and m.server_id in table.reported]
         if self.server_id not in live:
             live.append(self.server_id)
-        self._placed(key, table.resolve(key, live, self._usable))
+        self._placed(key, table.resolve(key, live, self._usable), token)
 
     async def _pull(self, table: AssignmentTable, sid: str, address: str) -> None:
         try:

@@ -31,7 +31,7 @@ class GroupMember:
         config: NodeConfig,
         redis: Any,
         submit: Callable[[list[Call]], None],
-        make_call: Callable[[Envelope, Callable[[SendResult], None], bool], Call],
+        make_call: Callable[[Envelope, Callable[[SendResult], None], bool, int], Call],
         reply_timeout_ms: Callable[[str], int],
     ) -> None:
         self.membership = membership
@@ -45,6 +45,7 @@ class GroupMember:
             self._ask_master,
             submit,
             reply_timeout_ms,
+            membership.store.next_tokens,
         )
 
         def new_adoption(dead: str) -> Adoption:
@@ -76,6 +77,9 @@ class GroupMember:
 
     def take(self, call: Call, key: str) -> bool:
         return self.router.take(call, key)
+
+    def token(self, key: str) -> int:
+        return self.router.token(key)
 
     def start(self) -> None:
         """Begin acting on views (after the log's recovery claimed this node's entities)."""

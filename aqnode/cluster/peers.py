@@ -192,6 +192,7 @@ class Peer:
         hops: int,
         assigned: bool = False,
         assigned_last: bool = False,
+        fencing_token: int = 0,
     ) -> asyncio.Future[SendResult]:
         """Post one call to this peer's ``Session`` stream (in order with the others)."""
         if not self.breaker.allow():
@@ -208,6 +209,7 @@ class Peer:
             hops=hops,
             assigned=assigned,
             assigned_last=assigned_last,
+            fencing_token=fencing_token,
         )
         future.add_done_callback(self._forwarded)
         return future

@@ -54,6 +54,7 @@ class Router:
         ask_master: AskMaster,
         resubmit: Callable[[list[Call]], None],
         reply_timeout_ms: Callable[[str], int],
+        next_tokens: Callable[[int], Awaitable[int]] | None = None,
     ) -> None:
         self.server_id = server_id
         self.config = config
@@ -62,6 +63,9 @@ class Router:
         self._ask_master = ask_master
         self._resubmit = resubmit
         self._reply_timeout_ms = reply_timeout_ms  # an entity type's reply_timeout_ms
+        self._next_tokens = next_tokens or _counting()
+        #: owned entity -> its fencing token here (ctx.fencing_token)
+        self.tokens: dict[str, int] = {}
         self.owned: set[str] = set()  #: entities this node owns
         self.homes: dict[str, str] = {}  #: entity key -> server_id of its owner (a cache)
         #: owned entities whose moved messages (adoption) are still arriving
@@ -93,6 +97,8 @@ class Router:
             # master holds them elsewhere), so that none overtakes a moved one.
             self.owned.add(key)
             self.homes.pop(key, None)
+            if call.fencing_token:
+                self.tokens[key] = call.fencing_token
             if call.adopted_last:
                 self.adoption_done(key)
             else:
@@ -115,12 +121,16 @@ class Router:
         self._ask(key)
         return False
 
-    def placed(self, key: str, owner: str) -> None:
+    def token(self, key: str) -> int:
+        return self.tokens.get(key, 0)
+
+    def placed(self, key: str, owner: str, token: int = 0) -> None:
         """The master (this node) gave ``key`` to ``owner`` (adoption moves its messages;
         :meth:`adoption_done` follows)."""
         if owner == self.server_id:
             self.owned.add(key)
             self.adopting.add(key)
+            self.tokens[key] = token
         else:
             self.owned.discard(key)
             self.homes[key] = owner
@@ -133,9 +143,18 @@ class Router:
         if calls:
             asyncio.get_running_loop().call_soon(self._resubmit, calls)
 
-    def claim(self, keys: list[str]) -> None:
-        """Entities this node runs already (its log's, at start): it owns them."""
+    async def claim(self, keys: list[str]) -> None:
+        """Entities this node runs already (its log's, at start): it owns them, with new
+        fencing tokens (a new process is a new owner)."""
         self.owned.update(keys)
+        await self._take_tokens(keys)
+
+    async def _take_tokens(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        last = await self._next_tokens(len(keys))
+        for i, key in enumerate(keys):
+            self.tokens[key] = last - len(keys) + 1 + i
 
     def report(self) -> list[str]:
         """For a new master's rebuild: what this node owns. What it had cached of other
@@ -185,6 +204,10 @@ class Router:
                 try:
                     homes = await self._ask_master(epoch, keys)
                     if self._state().epoch == epoch:
+                        # New here: a fencing token each, before any of their calls runs.
+                        await self._take_tokens(
+                            [k for k, o in homes if o == self.server_id and k not in self.owned]
+                        )
                         break
                     continue  # the master changed while it answered: ask the new one
                 except errors.AqError as exc:
@@ -248,6 +271,7 @@ class Router:
             hops=call.hops + 1,
             assigned=call.adopted,
             assigned_last=call.adopted_last,
+            fencing_token=call.fencing_token,
         )
         loop = asyncio.get_running_loop()
         timer = loop.call_later(deadline_ms / 1000, self._forward_timed_out, future, call, peer)
@@ -322,3 +346,15 @@ class Router:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _counting() -> Callable[[int], Awaitable[int]]:
+    """Fencing tokens without Redis (tests of the router alone)."""
+    taken = 0
+
+    async def next_tokens(count: int) -> int:
+        nonlocal taken
+        taken += count
+        return taken
+
+    return next_tokens

@@ -138,6 +138,7 @@ class Deliver(_Item):
     enqueued_at: float
     attempt: int = 1
     dispatched: bool = False  # already `dispatched` in the log: run it without asking
+    fencing_token: int = 0  # cluster mode: grows each time the entity changes owner
 
 
 class DispatchResult(_Item):

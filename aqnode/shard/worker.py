@@ -289,6 +289,7 @@ class WorkerPool:
                 enqueued_at=item.enqueued_at,
                 logger=self._logger(item.entity_type),
                 bus=ContextBus(self._shard_bus, item.entity_type, item.entity_id),
+                fencing_token=item.fencing_token,
             )
             args = (msg, ctx)
         if spec.is_async:

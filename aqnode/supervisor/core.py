@@ -300,6 +300,7 @@ class NodeCore:
         it was logged `dispatched` for a shard that has died since (it never got it)."""
         self.metrics.enqueued.inc((a.entity_type,))
         msg = a.live_message(now, State.DISPATCHED if a.dispatch else State.ENQUEUED)
+        msg.token = self.placement.token(a.key)
         self.ledger.live[a.message_id] = msg
         port = self.ledger.ports[a.shard]
         never_started = a.dispatch and port.generation != a.generation

@@ -186,6 +186,7 @@ class AqNodeService(pb_grpc.AqNodeServicer):
                             hops=c.hops,
                             adopted=c.assigned,
                             adopted_last=c.assigned_last,
+                            fencing_token=c.fencing_token,
                         )
                         for c in frame.calls
                     ]

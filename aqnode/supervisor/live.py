@@ -59,6 +59,7 @@ class Call:
     #: it goes ahead of the calls for that entity waiting here for the master
     adopted: bool = False
     adopted_last: bool = False  #: ... and the last of its entity's moved messages
+    fencing_token: int = 0  #: ... with the entity's token on its new owner
 
 
 @dataclass(slots=True)
@@ -85,6 +86,7 @@ class LiveMessage:
     started: bool = False
     attempt: int = 1
     waiters: list[Waiter] = field(default_factory=list)
+    token: int = 0  #: cluster mode: the entity's fencing token here (ctx.fencing_token)
 
     def deliver_item(self) -> ipc.Deliver:
         return ipc.Deliver(
@@ -96,6 +98,7 @@ class LiveMessage:
             self.enqueued_at,
             self.attempt,
             self.state == State.DISPATCHED,
+            self.token,
         )
 
 

@@ -139,9 +139,17 @@ class Supervisor:
                 self.core.reply_timeout_ms,
             )
             # What this node's log still holds runs here: it owns those entities.
-            self.member.router.claim(sorted({m.key for m in self.core.live.values()}))
+            try:
+                await self.member.router.claim(sorted({m.key for m in self.core.live.values()}))
+            except errors.RedisUnavailable as exc:
+                raise errors.StartupError(
+                    f"taking fencing tokens at start failed: {exc.message}"
+                ) from None
+            for msg in self.core.live.values():
+                msg.token = self.member.router.token(msg.key)
             self.core.placement = self.member
             self.core.on_fenced = self._fenced
+            self.core.lapsed = self.membership.lapsed
             self.member.start()
         if requeued or interrupted:
             log.info(
@@ -648,8 +656,10 @@ class Supervisor:
         )
 
 
-def _adopted_call(envelope: Envelope, reply: Callable[[SendResult], None], last: bool) -> Call:
-    return Call(envelope, False, 0, reply, adopted=True, adopted_last=last)
+def _adopted_call(
+    envelope: Envelope, reply: Callable[[SendResult], None], last: bool, token: int
+) -> Call:
+    return Call(envelope, False, 0, reply, adopted=True, adopted_last=last, fencing_token=token)
 
 
 def _cluster_metrics(metrics: NodeMetrics, member: GroupMember) -> None:

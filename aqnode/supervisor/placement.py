@@ -18,12 +18,19 @@ class Placement(Protocol):
         for a call that must be refused (a stale epoch, too many hops)."""
         ...
 
+    def token(self, key: str) -> int:
+        """The entity's fencing token here (ctx.fencing_token)."""
+        ...
+
 
 class Standalone:
     """One node: every entity lives here."""
 
     def take(self, call: Call, key: str) -> bool:
         return True
+
+    def token(self, key: str) -> int:
+        return 0  # an entity never changes owner
 
 
 STANDALONE = Standalone()  #: the one instance (the core skips placement when it has it)

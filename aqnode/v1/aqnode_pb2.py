@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61qnode/v1/aqnode.proto\x12\taqnode.v1\"~\n\x08\x45nvelope\x12\x13\n\x0b\x65ntity_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tentity_id\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x12\n\nmessage_id\x18\x06 \x01(\t\"~\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0bremote_type\x18\x03 \x01(\t\x12\x16\n\x0eremote_message\x18\x04 \x01(\t\x12\x18\n\x10remote_traceback\x18\x05 \x01(\t\x12\r\n\x05\x66ield\x18\x06 \x01(\t\"7\n\x0e\x45nqueueRequest\x12%\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x13.aqnode.v1.Envelope\"\"\n\x0c\x45nqueueReply\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"<\n\x12\x45nqueueManyRequest\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.aqnode.v1.Envelope\"8\n\x10\x45nqueueManyReply\x12$\n\x08outcomes\x18\x01 \x03(\x0b\x32\x12.aqnode.v1.Outcome\"R\n\x15\x45nqueueAndWaitRequest\x12%\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x13.aqnode.v1.Envelope\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"N\n\x13\x45nqueueAndWaitReply\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05reply\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"\xa6\x01\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.aqnode.v1.Envelope\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x0c\n\x04hops\x18\x06 \x01(\r\x12\x10\n\x08\x61ssigned\x18\x07 \x01(\x08\x12\x15\n\rassigned_last\x18\x08 \x01(\x08\"-\n\x0b\x43lientFrame\x12\x1e\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x0f.aqnode.v1.Call\"\x93\x01\n\x07Outcome\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05reply\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12#\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x12.aqnode.v1.Failure\x12\r\n\x05owner\x18\x07 \x01(\t\"3\n\x0bServerFrame\x12$\n\x08outcomes\x18\x01 \x03(\x0b\x32\x12.aqnode.v1.Outcome\"\x0f\n\rStatusRequest\"\xc0\x01\n\x0bShardStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x13\n\x0b\x63pu_percent\x18\x04 \x01(\x01\x12\x11\n\trss_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07workers\x18\x06 \x01(\x04\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\x04\x12\x0f\n\x07handled\x18\x08 \x01(\x04\x12\x10\n\x08restarts\x18\t \x01(\r\x12\x15\n\rhandled_per_s\x18\n \x01(\x01\"\x87\x02\n\x0bStatusReply\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x15\n\rservice_group\x18\x02 \x01(\t\x12\x0e\n\x06listen\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06master\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x0b\n\x03pid\x18\x07 \x01(\x05\x12\x10\n\x08uptime_s\x18\x08 \x01(\x01\x12&\n\x06shards\x18\t \x03(\x0b\x32\x16.aqnode.v1.ShardStatus\x12\x15\n\rlive_messages\x18\n \x01(\x04\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\"\n\x07members\x18\x0c \x03(\x0b\x32\x11.aqnode.v1.Member\"I\n\x06Member\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x0c\n\x04role\x18\x04 \x01(\t\"M\n\x0fPetitionRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x16\n\x0e\x66rom_server_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x03 \x03(\t\">\n\x04Home\x12\x12\n\nentity_key\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\">\n\rPetitionReply\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x1e\n\x05homes\x18\x02 \x03(\x0b\x32\x0f.aqnode.v1.Home\";\n\x12ListWorkersRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x16\n\x0e\x66rom_server_id\x18\x02 \x01(\t\"I\n\x10ListWorkersReply\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x03 \x03(\t2\xe1\x02\n\x06\x41qNode\x12=\n\x07\x45nqueue\x12\x19.aqnode.v1.EnqueueRequest\x1a\x17.aqnode.v1.EnqueueReply\x12I\n\x0b\x45nqueueMany\x12\x1d.aqnode.v1.EnqueueManyRequest\x1a\x1b.aqnode.v1.EnqueueManyReply\x12R\n\x0e\x45nqueueAndWait\x12 .aqnode.v1.EnqueueAndWaitRequest\x1a\x1e.aqnode.v1.EnqueueAndWaitReply\x12=\n\x07Session\x12\x16.aqnode.v1.ClientFrame\x1a\x16.aqnode.v1.ServerFrame(\x01\x30\x01\x12:\n\x06Status\x12\x18.aqnode.v1.StatusRequest\x1a\x16.aqnode.v1.StatusReply2\x95\x01\n\x06\x41qPeer\x12@\n\x08Petition\x12\x1a.aqnode.v1.PetitionRequest\x1a\x18.aqnode.v1.PetitionReply\x12I\n\x0bListWorkers\x12\x1d.aqnode.v1.ListWorkersRequest\x1a\x1b.aqnode.v1.ListWorkersReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61qnode/v1/aqnode.proto\x12\taqnode.v1\"~\n\x08\x45nvelope\x12\x13\n\x0b\x65ntity_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tentity_id\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x12\n\nmessage_id\x18\x06 \x01(\t\"~\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0bremote_type\x18\x03 \x01(\t\x12\x16\n\x0eremote_message\x18\x04 \x01(\t\x12\x18\n\x10remote_traceback\x18\x05 \x01(\t\x12\r\n\x05\x66ield\x18\x06 \x01(\t\"7\n\x0e\x45nqueueRequest\x12%\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x13.aqnode.v1.Envelope\"\"\n\x0c\x45nqueueReply\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"<\n\x12\x45nqueueManyRequest\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.aqnode.v1.Envelope\"8\n\x10\x45nqueueManyReply\x12$\n\x08outcomes\x18\x01 \x03(\x0b\x32\x12.aqnode.v1.Outcome\"R\n\x15\x45nqueueAndWaitRequest\x12%\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x13.aqnode.v1.Envelope\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"N\n\x13\x45nqueueAndWaitReply\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05reply\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"\xbd\x01\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.aqnode.v1.Envelope\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x0c\n\x04hops\x18\x06 \x01(\r\x12\x10\n\x08\x61ssigned\x18\x07 \x01(\x08\x12\x15\n\rassigned_last\x18\x08 \x01(\x08\x12\x15\n\rfencing_token\x18\t \x01(\x04\"-\n\x0b\x43lientFrame\x12\x1e\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x0f.aqnode.v1.Call\"\x93\x01\n\x07Outcome\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05reply\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12#\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x12.aqnode.v1.Failure\x12\r\n\x05owner\x18\x07 \x01(\t\"3\n\x0bServerFrame\x12$\n\x08outcomes\x18\x01 \x03(\x0b\x32\x12.aqnode.v1.Outcome\"\x0f\n\rStatusRequest\"\xc0\x01\n\x0bShardStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x13\n\x0b\x63pu_percent\x18\x04 \x01(\x01\x12\x11\n\trss_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07workers\x18\x06 \x01(\x04\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\x04\x12\x0f\n\x07handled\x18\x08 \x01(\x04\x12\x10\n\x08restarts\x18\t \x01(\r\x12\x15\n\rhandled_per_s\x18\n \x01(\x01\"\x87\x02\n\x0bStatusReply\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x15\n\rservice_group\x18\x02 \x01(\t\x12\x0e\n\x06listen\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06master\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x0b\n\x03pid\x18\x07 \x01(\x05\x12\x10\n\x08uptime_s\x18\x08 \x01(\x01\x12&\n\x06shards\x18\t \x03(\x0b\x32\x16.aqnode.v1.ShardStatus\x12\x15\n\rlive_messages\x18\n \x01(\x04\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\"\n\x07members\x18\x0c \x03(\x0b\x32\x11.aqnode.v1.Member\"I\n\x06Member\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x0c\n\x04role\x18\x04 \x01(\t\"M\n\x0fPetitionRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x16\n\x0e\x66rom_server_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x03 \x03(\t\">\n\x04Home\x12\x12\n\nentity_key\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\">\n\rPetitionReply\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x1e\n\x05homes\x18\x02 \x03(\x0b\x32\x0f.aqnode.v1.Home\";\n\x12ListWorkersRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x16\n\x0e\x66rom_server_id\x18\x02 \x01(\t\"I\n\x10ListWorkersReply\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x03 \x03(\t2\xe1\x02\n\x06\x41qNode\x12=\n\x07\x45nqueue\x12\x19.aqnode.v1.EnqueueRequest\x1a\x17.aqnode.v1.EnqueueReply\x12I\n\x0b\x45nqueueMany\x12\x1d.aqnode.v1.EnqueueManyRequest\x1a\x1b.aqnode.v1.EnqueueManyReply\x12R\n\x0e\x45nqueueAndWait\x12 .aqnode.v1.EnqueueAndWaitRequest\x1a\x1e.aqnode.v1.EnqueueAndWaitReply\x12=\n\x07Session\x12\x16.aqnode.v1.ClientFrame\x1a\x16.aqnode.v1.ServerFrame(\x01\x30\x01\x12:\n\x06Status\x12\x18.aqnode.v1.StatusRequest\x1a\x16.aqnode.v1.StatusReply2\x95\x01\n\x06\x41qPeer\x12@\n\x08Petition\x12\x1a.aqnode.v1.PetitionRequest\x1a\x18.aqnode.v1.PetitionReply\x12I\n\x0bListWorkers\x12\x1d.aqnode.v1.ListWorkersRequest\x1a\x1b.aqnode.v1.ListWorkersReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,33 +48,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENQUEUEANDWAITREPLY']._serialized_start=590
   _globals['_ENQUEUEANDWAITREPLY']._serialized_end=668
   _globals['_CALL']._serialized_start=671
-  _globals['_CALL']._serialized_end=837
-  _globals['_CLIENTFRAME']._serialized_start=839
-  _globals['_CLIENTFRAME']._serialized_end=884
-  _globals['_OUTCOME']._serialized_start=887
-  _globals['_OUTCOME']._serialized_end=1034
-  _globals['_SERVERFRAME']._serialized_start=1036
-  _globals['_SERVERFRAME']._serialized_end=1087
-  _globals['_STATUSREQUEST']._serialized_start=1089
-  _globals['_STATUSREQUEST']._serialized_end=1104
-  _globals['_SHARDSTATUS']._serialized_start=1107
-  _globals['_SHARDSTATUS']._serialized_end=1299
-  _globals['_STATUSREPLY']._serialized_start=1302
-  _globals['_STATUSREPLY']._serialized_end=1565
-  _globals['_MEMBER']._serialized_start=1567
-  _globals['_MEMBER']._serialized_end=1640
-  _globals['_PETITIONREQUEST']._serialized_start=1642
-  _globals['_PETITIONREQUEST']._serialized_end=1719
-  _globals['_HOME']._serialized_start=1721
-  _globals['_HOME']._serialized_end=1783
-  _globals['_PETITIONREPLY']._serialized_start=1785
-  _globals['_PETITIONREPLY']._serialized_end=1847
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1849
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1908
-  _globals['_LISTWORKERSREPLY']._serialized_start=1910
-  _globals['_LISTWORKERSREPLY']._serialized_end=1983
-  _globals['_AQNODE']._serialized_start=1986
-  _globals['_AQNODE']._serialized_end=2339
-  _globals['_AQPEER']._serialized_start=2342
-  _globals['_AQPEER']._serialized_end=2491
+  _globals['_CALL']._serialized_end=860
+  _globals['_CLIENTFRAME']._serialized_start=862
+  _globals['_CLIENTFRAME']._serialized_end=907
+  _globals['_OUTCOME']._serialized_start=910
+  _globals['_OUTCOME']._serialized_end=1057
+  _globals['_SERVERFRAME']._serialized_start=1059
+  _globals['_SERVERFRAME']._serialized_end=1110
+  _globals['_STATUSREQUEST']._serialized_start=1112
+  _globals['_STATUSREQUEST']._serialized_end=1127
+  _globals['_SHARDSTATUS']._serialized_start=1130
+  _globals['_SHARDSTATUS']._serialized_end=1322
+  _globals['_STATUSREPLY']._serialized_start=1325
+  _globals['_STATUSREPLY']._serialized_end=1588
+  _globals['_MEMBER']._serialized_start=1590
+  _globals['_MEMBER']._serialized_end=1663
+  _globals['_PETITIONREQUEST']._serialized_start=1665
+  _globals['_PETITIONREQUEST']._serialized_end=1742
+  _globals['_HOME']._serialized_start=1744
+  _globals['_HOME']._serialized_end=1806
+  _globals['_PETITIONREPLY']._serialized_start=1808
+  _globals['_PETITIONREPLY']._serialized_end=1870
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1872
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1931
+  _globals['_LISTWORKERSREPLY']._serialized_start=1933
+  _globals['_LISTWORKERSREPLY']._serialized_end=2006
+  _globals['_AQNODE']._serialized_start=2009
+  _globals['_AQNODE']._serialized_end=2362
+  _globals['_AQPEER']._serialized_start=2365
+  _globals['_AQPEER']._serialized_end=2514
 # @@protoc_insertion_point(module_scope)

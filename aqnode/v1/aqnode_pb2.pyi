@@ -81,7 +81,7 @@ class EnqueueAndWaitReply(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., reply: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "envelope", "wait", "timeout_ms", "epoch", "hops", "assigned", "assigned_last")
+    __slots__ = ("call_id", "envelope", "wait", "timeout_ms", "epoch", "hops", "assigned", "assigned_last", "fencing_token")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class Call(_message.Message):
     HOPS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNED_FIELD_NUMBER: _ClassVar[int]
     ASSIGNED_LAST_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     envelope: Envelope
     wait: bool
@@ -98,7 +99,8 @@ class Call(_message.Message):
     hops: int
     assigned: bool
     assigned_last: bool
-    def __init__(self, call_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., assigned: _Optional[bool] = ..., assigned_last: _Optional[bool] = ...) -> None: ...
+    fencing_token: int
+    def __init__(self, call_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., assigned: _Optional[bool] = ..., assigned_last: _Optional[bool] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
     __slots__ = ("calls",)

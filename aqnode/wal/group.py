@@ -122,6 +122,11 @@ class GroupStore:
         )
         return int(reply) == 1
 
+    async def next_tokens(self, count: int) -> int:
+        """Take ``count`` fencing tokens; returns the last (they are last-count+1..last)."""
+        with translated("Redis (fencing tokens)"):
+            return int(await self.redis.incrby(self.keys.tokens, count))
+
     async def adopted(self, dead: str, adopter: str) -> None:
         """Give the right up: ``dead`` may rejoin."""
         await self._eval(

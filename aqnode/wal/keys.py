@@ -20,6 +20,7 @@ that each group script touches one slot::
     <prefix>:{grp:<group>}:epoch    hash   {epoch, master}: the recorded master and its epoch
     <prefix>:{grp:<group>}:adopting:<id>  string  the node adopting dead member <id>'s log
     <prefix>:{grp:<group>}:fenced:<id>    string  set when <id> was declared dead and adopted
+    <prefix>:{grp:<group>}:tokens         string  fencing-token counter (ctx.fencing_token)
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ class GroupKeys:
     @property
     def epoch(self) -> str:
         return f"{self.base}:epoch"
+
+    @property
+    def tokens(self) -> str:
+        """The group's fencing-token counter (INCR): every new owner of an entity takes
+        a token from it, so an entity's token grows with every change of owner."""
+        return f"{self.base}:tokens"
 
     def adopting(self, server_id: str) -> str:
         return f"{self.base}:adopting:{server_id}"

@@ -283,3 +283,15 @@ async def span(msg: Span, ctx: Context) -> int:
     record = f"{started}:{ended}:{os.getpid()}:{ctx.message_id}:{msg.seq}:{msg.sender}"
     await store().rpush(f"t:span:{msg.name}", record)
     return os.getpid()
+
+
+@entity_type("counter", id_field="name")
+class Token(Query[int]):
+    """Returns ctx.fencing_token."""
+
+    name: str
+
+
+@handles(Token)
+async def token(msg: Token, ctx: Context) -> int:
+    return ctx.fencing_token

@@ -22,7 +22,7 @@ import redis
 from aqnode.client import Client, SyncClient
 from aqnode.errors import AqError, HandlerError
 from aqnode.wal.dlq import DeadLetterQueue
-from tests.handlers.testkit import Fail, Get, Incr, Span, WhoRuns
+from tests.handlers.testkit import Fail, Get, Incr, Span, Token, WhoRuns
 from tests.integration.test_cluster_membership import CLUSTER, FAILOVER_BOUND_S, agreed
 from tests.integration.test_observe import scrape
 from tests.node_fixture import Node, running_node
@@ -385,3 +385,37 @@ def test_cluster_metrics_show_the_master_its_table_and_forwards(
         assert seen["aqnode_cluster_assigned_entities"] >= 20
         assert seen["aqnode_cluster_petitioned_total"] >= 20
         assert seen["aqnode_cluster_rebuilds_total"] == 1
+
+
+def test_the_fencing_token_grows_when_an_entity_changes_owner(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """ctx.fencing_token: the same while an entity stays on its node, larger once it has
+    moved (its node killed, or stopped), for handlers that fence their own writes."""
+    with group(tmp_path, redis_url) as nodes:
+        by_id = dict(zip(IDS, nodes, strict=True))
+        owner_of_pid = {pid: sid for sid, n in by_id.items() for pid in shard_pids(n)}
+        with SyncClient(by_id["n1"].address, follow_owners=False) as client:
+            names = {}
+            for i in range(100):  # an entity on each of n2 and n3
+                sid = owner_of_pid[client.enqueue_and_wait(WhoRuns(name=f"tok-{i}"))]
+                names.setdefault(sid, f"tok-{i}")
+                if "n2" in names and "n3" in names:
+                    break
+            before = {sid: client.enqueue_and_wait(Token(name=n)) for sid, n in names.items()}
+            assert all(t > 0 for t in before.values())
+            again = {sid: client.enqueue_and_wait(Token(name=n)) for sid, n in names.items()}
+            assert again == before  # no change of owner, no change of token
+            kill_node(by_id["n3"])
+            assert by_id["n2"].terminate() == 0
+
+            def moved(sid: str) -> int | None:
+                try:
+                    return client.enqueue_and_wait(Token(name=names[sid]), timeout=2)
+                except AqError as exc:
+                    assert exc.code in ("UNAVAILABLE", "MASTER_REBUILDING", "REPLY_TIMEOUT")
+                    return None
+
+            for sid in ("n2", "n3"):
+                after = wait_for(lambda sid=sid: moved(sid), timeout=20)
+                assert after > before[sid], (sid, before[sid], after)

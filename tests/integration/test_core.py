@@ -23,6 +23,7 @@ from tests.handlers.testkit import (
     Incr,
     OwnState,
     Sleep,
+    Token,
     WaitOnSelf,
     WhoRuns,
 )
@@ -207,6 +208,12 @@ def test_a_handler_can_wait_on_another_entity(fresh: Node) -> None:
     with fresh.client() as bus:
         assert bus.enqueue_and_wait(Forward(name="a", to="b")) == 1
         assert bus.enqueue_and_wait(Forward(name="a", to="b")) == 2
+
+
+def test_the_fencing_token_of_a_standalone_node_is_zero(fresh: Node) -> None:
+    """One node: an entity never changes owner (cluster mode gives growing tokens)."""
+    with fresh.client() as bus:
+        assert bus.enqueue_and_wait(Token(name="t")) == 0
 
 
 def test_sync_handlers_run_in_threads_without_stalling_others(fresh: Node) -> None:

@@ -415,6 +415,8 @@ class FakePeer:
         epoch: int,
         hops: int,
         assigned: bool = False,
+        assigned_last: bool = False,
+        fencing_token: int = 0,
     ) -> asyncio.Future[SendResult]:
         future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         self.forwarded.append(Forwarded(env, wait, timeout_ms, epoch, hops, future))
@@ -525,7 +527,7 @@ def _error(result: SendResult) -> dict[str, Any]:
 
 def test_take_is_true_for_owned_keys() -> None:
     async def scenario(h: Harness) -> None:
-        h.router.claim([KEY, "order:2"])
+        await h.router.claim([KEY, "order:2"])
         assert h.router.take(h.call("m1"), KEY)
         assert h.router.take(h.call("m2"), "order:2")
         assert h.router.take(h.call("m3", epoch=5, hops=3), KEY)  # no forwarding needed
@@ -786,7 +788,7 @@ def test_petition_retries_that_outlast_the_deadline_fail_with_the_last_code() ->
 
 def test_forwarded_in_call_at_another_epoch_is_refused() -> None:
     async def scenario(h: Harness) -> None:
-        h.router.claim([KEY])
+        await h.router.claim([KEY])
         for epoch in (4, 6):
             with pytest.raises(errors.StaleEpoch) as caught:
                 h.router.take(h.call("m1", epoch=epoch, hops=1), KEY)
@@ -906,8 +908,8 @@ def test_forward_unavailable_is_replied_naming_the_message_id() -> None:
 
 def test_report_forgets_homes_and_lists_owned_keys_sorted() -> None:
     async def scenario(h: Harness) -> None:
-        h.router.claim(["order:3", "order:1"])
-        h.router.claim(["order:2", "order:1"])
+        await h.router.claim(["order:3", "order:1"])
+        await h.router.claim(["order:2", "order:1"])
         h.router.homes.update({"order:8": OTHER, "order:9": DEAD})
         assert h.router.report() == ["order:1", "order:2", "order:3"]
         assert h.router.homes == {}
@@ -918,7 +920,7 @@ def test_report_forgets_homes_and_lists_owned_keys_sorted() -> None:
 
 def test_on_view_with_a_new_epoch_forgets_every_home() -> None:
     async def scenario(h: Harness) -> None:
-        h.router.claim([KEY])
+        await h.router.claim([KEY])
         h.router.homes.update({"order:8": OTHER, "order:9": DEAD})
         h.state = _state(epoch=6)
         h.router.on_view(h.state, changed_epoch=True)
@@ -930,7 +932,7 @@ def test_on_view_with_a_new_epoch_forgets_every_home() -> None:
 
 def test_on_view_at_the_same_epoch_drops_homes_on_dead_members() -> None:
     async def scenario(h: Harness) -> None:
-        h.router.claim([KEY])
+        await h.router.claim([KEY])
         h.router.homes.update({"order:7": OTHER, "order:8": DEAD, "order:9": "node-gone"})
         h.router.on_view(_state(dead_alive=True), changed_epoch=False)
         assert h.router.homes == {"order:7": OTHER, "order:8": DEAD}  # node-gone: no member
