@@ -54,6 +54,7 @@ import decimal
 import enum
 import functools
 import keyword
+import time
 import typing
 import uuid
 from collections.abc import Callable
@@ -419,6 +420,9 @@ def _field_hints(cls: Any) -> dict[str, Any]:
         return {}
 
 
+FACTORY_PROBE_GAP_S = 0.002  #: seconds between the two calls of a default factory
+
+
 def _encoded_default(f: mi.Field, hint: Any) -> bytes | None:
     """The default msgpack-encoded if the real type decodes it back to an equal value."""
     if hint is None:
@@ -426,7 +430,10 @@ def _encoded_default(f: mi.Field, hint: Any) -> bytes | None:
     try:
         if f.default_factory is not msgspec.NODEFAULT:
             value = f.default_factory()
-            if value != f.default_factory():  # e.g. datetime.now/uuid4: only the shard knows
+            # e.g. datetime.now, uuid4: only the shard knows. Called again a moment later,
+            # since a clock read twice in one microsecond would look like a constant.
+            time.sleep(FACTORY_PROBE_GAP_S)
+            if value != f.default_factory():
                 return None
         elif f.default is not msgspec.NODEFAULT:
             value = f.default
