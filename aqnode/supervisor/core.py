@@ -154,6 +154,7 @@ class NodeCore:
                 a.payload,
                 now,
                 a.dispatch,
+                a.call.adopted,
             )
             for a in admitted
         ]

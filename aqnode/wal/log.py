@@ -94,6 +94,9 @@ class EnqueueEntry:
     payload: bytes
     enqueued_at: float
     dispatch: bool = False  # the entity is idle: write it `dispatched` right away
+    #: cluster mode: a moved message coming back here (adoption): it may replace the
+    #: `moved` tombstone of its earlier stay in this log
+    revive: bool = False
 
 
 @dataclass(slots=True)
@@ -408,10 +411,18 @@ class WriteAheadLog:
                     e.entity_id,
                     e.payload,
                     repr(e.enqueued_at),
-                    b"1" if e.dispatch else b"0",
+                    _ENQUEUE_FLAGS[e.dispatch, e.revive],
                 )
             )
         return args
+
+
+_ENQUEUE_FLAGS = {
+    (False, False): b"0",
+    (True, False): b"1",
+    (False, True): b"2",
+    (True, True): b"3",
+}
 
 
 def _text(value: Any) -> str:

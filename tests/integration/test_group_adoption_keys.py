@@ -82,3 +82,32 @@ def test_a_fenced_log_takes_no_message_and_starts_none(redis_url: str) -> None:
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_moved_message_may_come_back_through_adoption_only(redis_url: str) -> None:
+    """A message moved out of a log (adoption) and later adopted back into it replaces
+    its `moved` tombstone; a plain resend of the id is still refused (never run twice)."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        wal = WriteAheadLog(client, LogKeys("aq", "b"), entry_ttl_s=60, clock=time.time)
+        await wal.start()
+
+        async def enqueue(entry: EnqueueEntry) -> Outcome:
+            future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+            wal.enqueue([entry], future.set_result)
+            return (await future)[0]
+
+        def entry(revive: bool) -> EnqueueEntry:
+            return EnqueueEntry("m9", "counter", "Incr", "c9", b"\x80", time.time(), revive=revive)
+
+        assert not isinstance(await enqueue(entry(False)), Refused)
+        assert not isinstance((await wal.hand_over(["m9"], "a"))[0], Refused)
+        assert await enqueue(entry(False)) == Refused(LogState.MOVED)  # a plain resend
+        assert not isinstance(await enqueue(entry(True)), Refused)  # adopted back
+        assert (await wal.read_entry("m9"))["state"] == LogState.ENQUEUED
+        assert await enqueue(entry(True)) == Refused(LogState.ENQUEUED)  # live: known
+        await wal.close()
+        await client.aclose()
+
+    asyncio.run(scenario())

@@ -9,7 +9,9 @@
 -- ARGV[1]   entry TTL in seconds (the safety TTL)
 -- ARGV[2]   now (unix seconds), the dispatch time of pre-dispatched messages
 -- ARGV[3..] per message, 7 values: id, entity_type, message, entity_id, payload,
---           enqueued_at, dispatch ('1': write it as `dispatched`, attempt 1)
+--           enqueued_at, flags: '1' write it as `dispatched` (attempt 1); '2' a moved
+--           message coming back (adoption, cluster mode): it may replace a `moved`
+--           entry, the tombstone of its earlier stay here; '3' both
 --
 -- Returns one value per message: its new sequence number (an integer), or, when the id is
 -- already known (an idempotency key sent again), its current state (a string).
@@ -24,12 +26,13 @@ local seq = redis.call('INCRBY', KEYS[2], n) - n  -- ids already known leave gap
 for i = 1, n do
   local key = KEYS[i + 3]
   local state = redis.call('HGET', key, 'state')
-  if state then
+  local a = 3 + (i - 1) * 7
+  local flags = ARGV[a + 6]
+  if state and not (state == 'moved' and (flags == '2' or flags == '3')) then
     results[i] = state
   else
-    local a = 3 + (i - 1) * 7
     seq = seq + 1
-    if ARGV[a + 6] == '1' then
+    if flags == '1' or flags == '3' then
       redis.call('HSET', key, 'state', 'dispatched', 'id', ARGV[a], 'entity_type', ARGV[a + 1],
         'message', ARGV[a + 2], 'entity_id', ARGV[a + 3], 'payload', ARGV[a + 4],
         'enqueued_at', ARGV[a + 5], 'seq', seq, 'attempts', 1, 'dispatched_at', ARGV[2])
