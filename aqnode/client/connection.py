@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -30,6 +31,23 @@ MAX_CALL_BYTES = 64 * 1024 * 1024
 FRAME_BYTES = 8 * 1024 * 1024  #: payload bytes gathered into one ClientFrame
 FRAME_SLACK_BYTES = 1024 * 1024  #: room for ids, names and framing around a payload
 STATUS_WAIT_S = 1.0  #: seconds to wait for an ended stream's status after a failed write
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardMarks:
+    """What a node forwarding a call to the entity's owner adds to it (cluster mode; a
+    client sends none): its epoch and the hops so far, and, for a message the master
+    moves from a dead node (adoption), that the receiver owns the entity now, whether
+    this is its last moved message, and the entity's fencing token there."""
+
+    epoch: int
+    hops: int
+    assigned: bool = False
+    assigned_last: bool = False
+    fencing_token: int = 0
+
+
+NO_MARKS = ForwardMarks(0, 0)
 
 
 class Connection:
@@ -100,11 +118,7 @@ class Connection:
         *,
         wait: bool,
         timeout_ms: int = 0,
-        epoch: int = 0,
-        hops: int = 0,
-        assigned: bool = False,
-        assigned_last: bool = False,
-        fencing_token: int = 0,
+        marks: ForwardMarks = NO_MARKS,
     ) -> list[asyncio.Future[SendResult]]:
         """Queue ``envelopes`` on the stream, in order; one future each."""
         self.connect()
@@ -128,11 +142,11 @@ class Connection:
                     ),
                     wait=wait,
                     timeout_ms=timeout_ms,
-                    epoch=epoch,
-                    hops=hops,
-                    assigned=assigned,
-                    assigned_last=assigned_last,
-                    fencing_token=fencing_token,
+                    epoch=marks.epoch,
+                    hops=marks.hops,
+                    assigned=marks.assigned,
+                    assigned_last=marks.assigned_last,
+                    fencing_token=marks.fencing_token,
                 )
             )
         self._outbox_ready.set()

@@ -21,7 +21,7 @@ import grpc
 
 from aqnode import errors
 from aqnode.bus import Envelope, SendResult
-from aqnode.client.connection import Connection, rpc_error
+from aqnode.client.connection import Connection, ForwardMarks, rpc_error
 from aqnode.config import ClusterConfig
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
@@ -183,16 +183,7 @@ class Peer:
         return reply
 
     def forward(
-        self,
-        env: Envelope,
-        *,
-        wait: bool,
-        timeout_ms: int,
-        epoch: int,
-        hops: int,
-        assigned: bool = False,
-        assigned_last: bool = False,
-        fencing_token: int = 0,
+        self, env: Envelope, *, wait: bool, timeout_ms: int, marks: ForwardMarks
     ) -> asyncio.Future[SendResult]:
         """Post one call to this peer's ``Session`` stream (in order with the others)."""
         if not self.breaker.allow():
@@ -201,16 +192,7 @@ class Peer:
                 SendResult(env.message_id, False, error=self._unreachable().to_dict())
             )
             return future
-        (future,) = self.session.post(
-            [env],
-            wait=wait,
-            timeout_ms=timeout_ms,
-            epoch=epoch,
-            hops=hops,
-            assigned=assigned,
-            assigned_last=assigned_last,
-            fencing_token=fencing_token,
-        )
+        (future,) = self.session.post([env], wait=wait, timeout_ms=timeout_ms, marks=marks)
         future.add_done_callback(self._forwarded)
         return future
 

@@ -24,6 +24,7 @@ import msgspec
 
 from aqnode import errors
 from aqnode.bus import SendResult
+from aqnode.client.connection import ForwardMarks
 from aqnode.cluster.membership import ClusterState
 from aqnode.cluster.peers import Peers
 from aqnode.config import ClusterConfig
@@ -263,16 +264,10 @@ class Router:
         else:
             deadline_ms = self.config.deadlines.forward_ms
         self.forwarded += 1
-        future = peer.forward(
-            env,
-            wait=call.wait,
-            timeout_ms=timeout_ms,
-            epoch=state.epoch,
-            hops=call.hops + 1,
-            assigned=call.adopted,
-            assigned_last=call.adopted_last,
-            fencing_token=call.fencing_token,
+        marks = ForwardMarks(
+            state.epoch, call.hops + 1, call.adopted, call.adopted_last, call.fencing_token
         )
+        future = peer.forward(env, wait=call.wait, timeout_ms=timeout_ms, marks=marks)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(deadline_ms / 1000, self._forward_timed_out, future, call, peer)
         future.add_done_callback(lambda f: self._forwarded(f, call, key, address, timer))

@@ -56,6 +56,26 @@ def group_with_proxy(tmp_path: Path, redis_url: str) -> Iterator[tuple[list[Node
         yield nodes, proxy
 
 
+async def lane(
+    bus: Client, sender: str, entity: str, ms: int, stop: asyncio.Event, acked: list[str]
+) -> None:
+    """One sender's calls for one entity, in sequence until ``stop``: each resent under
+    its own id until acknowledged, so the sender's order is the order acknowledged."""
+    for seq in itertools.count():
+        if stop.is_set():
+            return
+        mid = f"{sender}-{entity}-{seq}"
+        while True:
+            try:
+                await bus.enqueue(Span(name=entity, ms=ms, seq=seq, sender=sender), message_id=mid)
+                break
+            except AqError as exc:
+                assert exc.code in RESENT, exc
+                await asyncio.sleep(0.05)
+        acked.append(mid)
+        await asyncio.sleep(0.005)
+
+
 async def load(
     addresses: list[str], fault: Callable[[], None], heal: Callable[[], None]
 ) -> tuple[list[str], float, float]:
@@ -64,27 +84,10 @@ async def load(
     stop = asyncio.Event()
     acked: list[str] = []
 
-    async def lane(bus: Client, sender: str, entity: str) -> None:
-        for seq in itertools.count():
-            if stop.is_set():
-                return
-            mid = f"{sender}-{entity}-{seq}"
-            while True:
-                try:
-                    await bus.enqueue(
-                        Span(name=entity, ms=20, seq=seq, sender=sender), message_id=mid
-                    )
-                    break
-                except AqError as exc:
-                    assert exc.code in RESENT, exc
-                    await asyncio.sleep(0.05)
-            acked.append(mid)
-            await asyncio.sleep(0.01)
-
     async with contextlib.AsyncExitStack() as stack:
         buses = [await stack.enter_async_context(Client(a, follow_owners=False)) for a in addresses]
         lanes = [
-            asyncio.create_task(lane(bus, f"s{i}", f"fault-{e}"))
+            asyncio.create_task(lane(bus, f"s{i}", f"fault-{e}", 20, stop, acked))
             for i, bus in enumerate(buses)
             for e in range(ENTITIES)
         ]
@@ -206,26 +209,9 @@ def test_a_rolling_restart_under_load_loses_nothing_and_keeps_order(
             stop = asyncio.Event()
             acked: list[str] = []
 
-            async def lane(bus: Client, sender: str, entity: str) -> None:
-                for seq in itertools.count():
-                    if stop.is_set():
-                        return
-                    mid = f"{sender}-{entity}-{seq}"
-                    while True:
-                        try:
-                            await bus.enqueue(
-                                Span(name=entity, ms=5, seq=seq, sender=sender), message_id=mid
-                            )
-                            break
-                        except AqError as exc:
-                            assert exc.code in RESENT, exc
-                            await asyncio.sleep(0.05)
-                    acked.append(mid)
-                    await asyncio.sleep(0.005)
-
             async with Client(everyone) as a, Client(everyone) as b:
                 lanes = [
-                    asyncio.create_task(lane(bus, f"s{i}", f"fault-{e}"))
+                    asyncio.create_task(lane(bus, f"s{i}", f"fault-{e}", 5, stop, acked))
                     for i, bus in enumerate((a, b))
                     for e in range(ENTITIES)
                 ]

@@ -419,3 +419,39 @@ def test_the_fencing_token_grows_when_an_entity_changes_owner(
             for sid in ("n2", "n3"):
                 after = wait_for(lambda sid=sid: moved(sid), timeout=20)
                 assert after > before[sid], (sid, before[sid], after)
+
+
+def test_hostile_input_through_a_non_owner_gets_a_code_and_changes_nothing(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Deep, huge, undecodable or unknown input sent to a node that would forward it: each
+    call is refused with a SPEC code before anything is forwarded or written, no process
+    restarts, and the entity's next valid call still runs (through the same node)."""
+    r = redis.Redis.from_url(redis_url)
+    with group(tmp_path, redis_url) as nodes:
+        pids = {n.address: (n.proc.pid, shard_pids(n)) for n in nodes}
+        owner_of_pid = {pid: n.address for n in nodes for pid in shard_pids(n)}
+        with SyncClient(nodes[0].address, follow_owners=False) as client:
+            name = next(
+                f"hostile-{i}"
+                for i in range(100)
+                if owner_of_pid[client.enqueue_and_wait(WhoRuns(name=f"hostile-{i}"))]
+                != nodes[0].address
+            )
+            deep = b'{"name": "x", "by": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+            cases: list[tuple[str, str, bytes | dict[str, Any], str]] = [
+                ("Incr", name, deep, "INVALID_PAYLOAD"),
+                ("Incr", name, {"name": name, "by": 2**80}, "INVALID_PAYLOAD"),
+                ("Incr", name, b'{"name": "\xff\xfe", "by": 1}', "INVALID_PAYLOAD"),
+                ("Incr", name, b'{"name": "' + b"x" * (5 << 20) + b'"}', "PAYLOAD_TOO_LARGE"),
+                ("Nope", name, {"name": name}, "UNKNOWN_MESSAGE"),
+                ("Incr", "é" * 2000, {"by": 1}, "INVALID_PAYLOAD"),
+            ]
+            before = r.dbsize()
+            for message, entity, data, code in cases:
+                with pytest.raises(AqError) as refused:
+                    client.enqueue_raw("counter", message, entity, data)
+                assert refused.value.code == code, (message, refused.value)
+            assert r.dbsize() == before  # nothing written anywhere
+            assert client.enqueue_and_wait(Incr(name=name)).value == 1
+        assert {n.address: (n.proc.pid, shard_pids(n)) for n in nodes} == pids

@@ -20,6 +20,7 @@ import pytest
 
 from aqnode import errors
 from aqnode.bus import Envelope, SendResult
+from aqnode.client.connection import ForwardMarks
 from aqnode.cluster.assignment import AssignmentTable
 from aqnode.cluster.membership import ClusterState, MemberStatus
 from aqnode.cluster.peers import CircuitBreaker, Peers
@@ -407,19 +408,10 @@ class FakePeer:
         self.forwarded: list[Forwarded] = []
 
     def forward(
-        self,
-        env: Envelope,
-        *,
-        wait: bool,
-        timeout_ms: int,
-        epoch: int,
-        hops: int,
-        assigned: bool = False,
-        assigned_last: bool = False,
-        fencing_token: int = 0,
+        self, env: Envelope, *, wait: bool, timeout_ms: int, marks: ForwardMarks
     ) -> asyncio.Future[SendResult]:
         future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
-        self.forwarded.append(Forwarded(env, wait, timeout_ms, epoch, hops, future))
+        self.forwarded.append(Forwarded(env, wait, timeout_ms, marks.epoch, marks.hops, future))
         return future
 
 
