@@ -34,7 +34,12 @@ from msgspec import Meta
 
 from aqnode.errors import AqnodeError
 from aqnode.util.hostport import parse_host_port
-from aqnode.util.redis_url import is_sentinel, parse_sentinel_url
+from aqnode.util.redis_url import (
+    is_cluster,
+    is_sentinel,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 
 __all__ = [
     "ClusterConfig",
@@ -225,7 +230,9 @@ _DEFAULT_ENTITY: Final = EntityConfig()
 
 # --- validation after decoding --------------------------------------------------------------
 
-REDIS_URL_SCHEMES: Final = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
+REDIS_URL_SCHEMES: Final = frozenset(
+    {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster"}
+)
 _MODULE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -267,9 +274,9 @@ def _name_problem(value: str, what: str, forbidden: str = "{}") -> str | None:
 
 def _redis_url_problem(url: str) -> str | None:
     schemes = ", ".join(f"{s}://" for s in sorted(REDIS_URL_SCHEMES))
-    if is_sentinel(url):
+    if is_sentinel(url) or is_cluster(url):
         try:
-            parse_sentinel_url(url)
+            (parse_sentinel_url if is_sentinel(url) else parse_cluster_url)(url)
         except ValueError as e:
             return f"{e}, got {_toml_repr(url)}"
         return None

@@ -15,6 +15,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from tests.redis_cluster_fixture import RedisClusterServer, session_redis_cluster  # noqa: E402
 from tests.redis_fixture import RedisServer, session_redis_server  # noqa: E402
 
 
@@ -23,6 +24,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """The session's redis-server; tests may stop(), start(), freeze() and thaw() it."""
     with session_redis_server(tmp_path_factory.mktemp("redis-server")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A three-master Redis Cluster, started for the first test that asks for it."""
+    with session_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def log_url(request: pytest.FixtureRequest) -> str | None:
+    """Where the nodes keep their log and membership: None for the session's Redis (the
+    one the test handlers record to), or an empty three-master Redis Cluster."""
+    if request.param == "redis":
+        return None
+    cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+    cluster.flush()
+    return cluster.url
 
 
 @pytest.fixture

@@ -131,6 +131,7 @@ class RedisServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._frozen = False
         self._keep_data = False
+        self.extra_conf: list[str] = []  #: more redis.conf lines (a cluster node's, say)
 
     @property
     def url(self) -> str:
@@ -255,6 +256,7 @@ class RedisServer:
                     'save ""',
                     "appendonly no",
                     "dbfilename dump.rdb",  # written only by stop(persist=True)
+                    *self.extra_conf,
                 ]
             )
             + "\n"

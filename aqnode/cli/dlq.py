@@ -22,6 +22,7 @@ import click
 
 from aqnode import errors
 from aqnode.cli.common import address_option, auth_token_option, config_option, config_path, load
+from aqnode.util.redis_url import redacted
 
 if TYPE_CHECKING:
     from aqnode.config import NodeConfig
@@ -268,11 +269,13 @@ def _connect(url: str, *, quiet: bool = False) -> Any:
     try:
         return ping_sync(url)
     except ValueError as exc:
-        raise click.ClickException(f"cannot use Redis URL {url!r}: {exc}") from None
+        raise click.ClickException(f"cannot use Redis URL {redacted(url)!r}: {exc}") from None
     except errors.AqError as exc:
         if quiet:
             raise
-        raise click.ClickException(f"cannot reach Redis at {url}: {exc.message}") from None
+        raise click.ClickException(
+            f"cannot reach Redis at {redacted(url)}: {exc.message}"
+        ) from None
 
 
 @contextlib.contextmanager

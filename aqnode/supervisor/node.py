@@ -43,6 +43,7 @@ from aqnode.util import proc as procutil
 from aqnode.util.backoff import doubling
 from aqnode.util.hostport import parse_host_port
 from aqnode.util.managed_redis import ManagedRedis
+from aqnode.util.redis_url import redacted
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 from aqnode.wal import LogKeys, WriteAheadLog
@@ -182,7 +183,7 @@ class Supervisor:
                     self.server_id,
                     self.config.listen,
                     self.shard_count,
-                    self.redis_url,
+                    redacted(self.redis_url),
                 )
                 await self._main_loop()
         finally:
@@ -218,7 +219,9 @@ class Supervisor:
                 connect_timeout_s=redis_cfg.connect_timeout_ms / 1000,
             )
         except ValueError as exc:
-            raise errors.StartupError(f"[redis] url {url!r} cannot be used: {exc}") from exc
+            raise errors.StartupError(
+                f"[redis] url {redacted(url)!r} cannot be used: {exc}"
+            ) from exc
         deadline = time.monotonic() + redis_cfg.start_timeout_ms / 1000
         said = False
         while True:
@@ -228,11 +231,12 @@ class Supervisor:
             except errors.RedisUnavailable as exc:
                 if time.monotonic() > deadline:
                     raise errors.StartupError(
-                        f"Redis at {url} does not answer after {redis_cfg.start_timeout_ms} ms "
+                        f"Redis at {redacted(url)} does not answer after "
+                        f"{redis_cfg.start_timeout_ms} ms "
                         f"({exc.message}); start it, or fix [redis] url"
                     ) from None
                 if not said:
-                    log.warning("waiting for Redis at %s (%s)", url, exc.message)
+                    log.warning("waiting for Redis at %s (%s)", redacted(url), exc.message)
                     said = True
                 await asyncio.sleep(0.2)
 

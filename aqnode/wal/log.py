@@ -142,7 +142,7 @@ class WriteAheadLog:
         #: what EVAL sends with every commit: the scripts without their comment headers
         self._bodies = {name: _strip_comments(src) for name, src in self._sources.items()}
         self._shas: dict[str, str] = {}
-        self._raw = resp.PipelinedConnection(client)
+        self._raw = resp.PipelinedConnection(client, keys.base)
         self._pending: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
         self.commits = 0  #: pipelines sent, for metrics and benchmarks

@@ -27,6 +27,12 @@ REFUSED: Final = redis_exc.RedisError
 ERROR_REPLY: Final = redis_exc.ResponseError
 #: EVALSHA of a script this Redis does not hold (it restarted): load it again
 SCRIPT_MISSING: Final = redis_exc.NoScriptError
+#: Redis Cluster: the slot lives (or will live) elsewhere; reconnect where it is now
+SLOT_ELSEWHERE: tuple[type[BaseException], ...] = (
+    redis_exc.AskError,  # MOVED too (a subclass)
+    redis_exc.ClusterDownError,
+    redis_exc.TryAgainError,
+)
 #: every failure of a call to Redis, answered or not
 FAILURES: tuple[type[BaseException], ...] = (*UNREACHABLE, REFUSED)
 

@@ -7,6 +7,10 @@ whole commit is packed with one ``bytes.join`` and written at once, and the next
 may be written before the previous one's replies are back: Redis runs the commands of
 one connection in order, so the log's order is the order of :meth:`send` calls. One
 reader takes the replies in that same order.
+
+On a Redis Cluster the connection goes to the primary that holds the log's hash slot;
+a redirection (MOVED, ASK) or a cluster-down reply fails that batch like any error
+reply, and the next batch asks the cluster where the slot lives now.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from aqnode.wal.redis_errors import ERROR_REPLY
+from aqnode.wal.redis_errors import ERROR_REPLY, SLOT_ELSEWHERE
 
 Arg = bytes | str | int
 
@@ -46,8 +51,10 @@ class PipelinedConnection:
     outcome is unknown) and is thrown away; the next send opens a new one.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._pool = client.connection_pool
+    def __init__(self, client: aioredis.Redis | RedisCluster, slot_key: str = "") -> None:
+        self._client = client
+        self._slot_key = slot_key  #: a key of the log's hash slot (Redis Cluster)
+        self._topology_stale = False
         self._conn: Any = None
         self._waiting: deque[tuple[int, asyncio.Future[list[Any]]]] = deque()
         self._reader: asyncio.Task[None] | None = None
@@ -81,10 +88,25 @@ class PipelinedConnection:
     async def _connection(self) -> Any:
         async with self._opening:
             if self._conn is None:
-                conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
+                conn = await self._new_connection()
                 await conn.connect()
                 self._conn = conn
             return self._conn
+
+    async def _new_connection(self) -> Any:
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            return client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        if self._topology_stale:
+            await client.nodes_manager.initialize()
+            self._topology_stale = False
+        else:
+            await client.initialize()  # once: learns the slots
+        node = client.get_node_from_key(self._slot_key)
+        if node is None:
+            raise ConnectionError(f"no Redis Cluster node serves the slot of {self._slot_key}")
+        # a dedicated connection made like the node's own (its pool is redis-py's)
+        return node.connection_class(**node.connection_kwargs)
 
     async def _read(self, conn: Any) -> None:
         try:
@@ -101,6 +123,10 @@ class PipelinedConnection:
                 self._waiting.popleft()
                 if not future.done():
                     future.set_result(replies)
+                if any(isinstance(r, SLOT_ELSEWHERE) for r in replies):
+                    self._topology_stale = True
+                    await self._broken(conn, ConnectionError("the log's slot moved"))
+                    return
         except BaseException as exc:
             await self._broken(conn, exc)
             if isinstance(exc, asyncio.CancelledError):

@@ -25,7 +25,7 @@ from aqnode.errors import AqError
 from aqnode.wal.dlq import DeadLetterQueue
 from tests.handlers.testkit import Span
 from tests.integration.test_cluster_membership import CLUSTER, agreed
-from tests.integration.test_cluster_placement import IDS, shard_pids, spread
+from tests.integration.test_cluster_placement import IDS, log_store, shard_pids, spread
 from tests.node_fixture import Node, running_node
 from tests.redis_fixture import wait_for
 from tests.tcp_proxy import TcpProxy, tcp_proxy
@@ -108,11 +108,14 @@ def check(
     acked: list[str],
     faulty_pids: set[int] | None = None,
     began: float = 0.0,
+    log: Any = None,
 ) -> None:
     """No duplicate, nothing acknowledged lost, no overlap, FIFO per sender; with
     ``faulty_pids``: the faulty node started nothing past its lease and its entities ran
-    elsewhere during the fault that ``began``."""
-    interrupted = {d.id for d in DeadLetterQueue(r, "aq").entries() if d.reason == "interrupted"}
+    elsewhere during the fault that ``began``. ``log``: where the log is, if not in ``r``."""
+    interrupted = {
+        d.id for d in DeadLetterQueue(log or r, "aq").entries() if d.reason == "interrupted"
+    }
     records = []
     for e in range(ENTITIES):
         for raw in r.lrange(f"t:span:fault-{e}", 0, -1):
@@ -174,24 +177,29 @@ def test_a_node_cut_off_or_paused_past_its_lease_starts_nothing_and_stops_when_b
         check(r, acked, faulty_pids, began)
 
 
-def _settled(r: redis.Redis, acked: list[str]) -> bool:
+def _settled(r: redis.Redis, acked: list[str], log: Any = None) -> bool:
     ran = set()
     for e in range(ENTITIES):
         ran |= {raw.decode().split(":")[3] for raw in r.lrange(f"t:span:fault-{e}", 0, -1)}
-    interrupted = {d.id for d in DeadLetterQueue(r, "aq").entries() if d.reason == "interrupted"}
+    letters = DeadLetterQueue(log or r, "aq").entries()
+    interrupted = {d.id for d in letters if d.reason == "interrupted"}
     return set(acked) <= ran | interrupted
 
 
 def test_a_rolling_restart_under_load_loses_nothing_and_keeps_order(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
     """Every node is stopped (SIGTERM) and started again, one after the other, while two
-    senders (clients given all three addresses, routing to owners) keep sending."""
+    senders (clients given all three addresses, routing to owners) keep sending; the
+    group's log on the test's Redis or on a Redis Cluster."""
     r = redis.Redis.from_url(redis_url)
+    log = {"redis": {"url": log_url}} if log_url else {}
     with contextlib.ExitStack() as stack:
         nodes = [
             stack.enter_context(
-                running_node(tmp_path / sid, redis_url, server_id=sid, shards=1, cluster=CLUSTER)
+                running_node(
+                    tmp_path / sid, redis_url, server_id=sid, shards=1, cluster=CLUSTER, **log
+                )
             )
             for sid in IDS
         ]
@@ -223,15 +231,16 @@ def test_a_rolling_restart_under_load_loses_nothing_and_keeps_order(
 
         acked = asyncio.run(run())
         assert len(acked) > 100
+        store = log_store(redis_url, log_url)
         try:
-            wait_for(lambda: _settled(r, acked), timeout=60)
+            wait_for(lambda: _settled(r, acked, store), timeout=60)
         except AssertionError:
-            raise AssertionError(f"acknowledged, never ran: {_missing(r, acked)}") from None
-        interrupted = {
-            d.id for d in DeadLetterQueue(r, "aq").entries() if d.reason == "interrupted"
-        }
+            missing = _missing(r, acked, store)
+            raise AssertionError(f"acknowledged, never ran: {missing}") from None
+        letters = DeadLetterQueue(store, "aq").entries()
+        interrupted = {d.id for d in letters if d.reason == "interrupted"}
         assert not interrupted & set(acked), "a clean stop interrupted a message"
-        check(r, acked)
+        check(r, acked, log=store)
 
 
 def test_the_group_recovers_by_itself_from_a_redis_outage(
@@ -272,7 +281,7 @@ def _serves(client: Any) -> bool:
         return False
 
 
-def _missing(r: redis.Redis, acked: list[str]) -> list[tuple[str, dict[str, str]]]:
+def _missing(r: redis.Redis, acked: list[str], log: Any = None) -> list[tuple[str, dict[str, str]]]:
     """Acknowledged messages that neither ran nor were dead-lettered, with what every
     node's log says of them."""
     ran = set()
@@ -283,7 +292,7 @@ def _missing(r: redis.Redis, acked: list[str]) -> list[tuple[str, dict[str, str]
     for mid in gone:
         states = {}
         for sid in IDS:
-            entry = r.hgetall(f"aq:{{{sid}}}:m:{mid}")
+            entry = (log or r).hgetall(f"aq:{{{sid}}}:m:{mid}")
             if entry:
                 states[sid] = entry.get(b"state", b"?").decode()
         found.append((mid, states))

@@ -29,7 +29,7 @@ def spans(r: redis.Redis, name: str) -> list[tuple[float, float, int, str, int, 
 
 
 def test_three_senders_on_three_nodes_share_entities_with_one_nodes_guarantees(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
     r = redis.Redis.from_url(redis_url)
     names = [f"load-{i}" for i in range(ENTITIES)]
@@ -47,7 +47,7 @@ def test_three_senders_on_three_nodes_share_entities_with_one_nodes_guarantees(
         results = await asyncio.gather(*(sender(a, f"s{i}") for i, a in enumerate(addresses)))
         return [mid for ids in results for mid in ids]
 
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         node_of_pid = {pid: n.address for n in nodes for pid in shard_pids(n)}
         acked = asyncio.run(all_senders([n.address for n in nodes]))
         assert len(acked) == len(set(acked)) == 3 * ENTITIES * PER_SENDER
@@ -70,7 +70,7 @@ def test_three_senders_on_three_nodes_share_entities_with_one_nodes_guarantees(
 
 
 def test_a_petition_storm_while_the_master_rebuilds_is_retried_for_the_client(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
     """New entities sent through the survivors while the master is dead and its successor
     rebuilds: the nodes retry MASTER_REBUILDING themselves, every call succeeds, and each
@@ -93,7 +93,7 @@ def test_a_petition_storm_while_the_master_rebuilds_is_retried_for_the_client(
             pids[names[(i // 2) % len(names)]].add(pid)
         return pids
 
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         kill_node(nodes[0])  # the master
         pids = asyncio.run(storm([n.address for n in nodes[1:]]))
         assert all(len(p) == 1 for p in pids.values()), "an entity ran in two processes"

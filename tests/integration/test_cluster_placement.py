@@ -22,10 +22,12 @@ import redis
 from aqnode.client import Client, SyncClient
 from aqnode.errors import AqError, HandlerError
 from aqnode.wal.dlq import DeadLetterQueue
+from aqnode.wal.url import sync_client
 from tests.handlers.testkit import Fail, Get, Incr, Span, Token, WhoRuns
 from tests.integration.test_cluster_membership import CLUSTER, FAILOVER_BOUND_S, agreed
 from tests.integration.test_observe import scrape
 from tests.node_fixture import Node, running_node
+from tests.redis_cluster_fixture import RedisClusterServer, slot_owner_ports
 from tests.redis_fixture import free_port, wait_for
 
 IDS = ["n1", "n2", "n3"]
@@ -33,8 +35,16 @@ IDS = ["n1", "n2", "n3"]
 
 @contextlib.contextmanager
 def group(
-    tmp_path: Path, redis_url: str, ids: list[str] = IDS, **overrides: Any
+    tmp_path: Path,
+    redis_url: str,
+    ids: list[str] = IDS,
+    *,
+    log_url: str | None = None,
+    **overrides: Any,
 ) -> Iterator[list[Node]]:
+    """Three members on ``redis_url`` (the handlers' records too), or with their log and
+    membership on ``log_url`` (a Redis Cluster); ``overrides`` go to the first one."""
+    log = {"redis": {"url": log_url}} if log_url else {}
     with contextlib.ExitStack() as stack:
         nodes = [
             stack.enter_context(
@@ -44,6 +54,7 @@ def group(
                     server_id=sid,
                     shards=1,
                     cluster=CLUSTER,
+                    **log,
                     **(overrides if sid == ids[0] else {}),
                 )
             )
@@ -52,6 +63,11 @@ def group(
         wait_for(lambda: agreed(nodes, ids[0], set(ids)), timeout=15)
         wait_for(lambda: spread(nodes), timeout=15)
         yield nodes
+
+
+def log_store(redis_url: str, log_url: str | None) -> Any:
+    """A client of where the group keeps its log: the Redis Cluster, or the test's Redis."""
+    return sync_client(log_url or redis_url)
 
 
 _probes = itertools.count()
@@ -73,9 +89,9 @@ def shard_pids(node: Node) -> set[int]:
 
 
 def test_any_node_accepts_any_call_and_each_entity_runs_on_one_node(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         owner_of_pid = {pid: n.address for n in nodes for pid in shard_pids(n)}
         clients = [SyncClient(n.address, follow_owners=False) for n in nodes]
         try:
@@ -94,11 +110,13 @@ def test_any_node_accepts_any_call_and_each_entity_runs_on_one_node(
                 c.close()
 
 
-def test_forwarded_calls_keep_one_nodes_semantics(tmp_path: Path, redis_url: str) -> None:
+def test_forwarded_calls_keep_one_nodes_semantics(
+    tmp_path: Path, redis_url: str, log_url: str | None
+) -> None:
     """Handler errors, idempotency keys and waits through a node that does not own the
     entity behave as on one node."""
     r = redis.Redis.from_url(redis_url)
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         owner_of_pid = {pid: n for n in nodes for pid in shard_pids(n)}
         clients = {n.address: SyncClient(n.address, follow_owners=False) for n in nodes}
         try:
@@ -137,7 +155,7 @@ def test_forwarded_calls_keep_one_nodes_semantics(tmp_path: Path, redis_url: str
 
 
 def test_a_pipelining_sender_keeps_fifo_per_entity_across_owners(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
     """One sender, one node, many entities living on all three nodes, calls fired without
     awaiting each: every entity sees its calls in the order sent."""
@@ -153,7 +171,7 @@ def test_a_pipelining_sender_keeps_fifo_per_entity_across_owners(
             ]
             await asyncio.gather(*calls)
 
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         asyncio.run(send(nodes[1].address))
         for e in range(entities):
             key = f"t:order:f{e}:s"
@@ -162,8 +180,10 @@ def test_a_pipelining_sender_keeps_fifo_per_entity_across_owners(
             assert int(r.get(f"t:counter:f{e}") or 0) == per_entity
 
 
-def test_a_client_learns_owners_and_sends_to_them_directly(tmp_path: Path, redis_url: str) -> None:
-    with group(tmp_path, redis_url) as nodes:
+def test_a_client_learns_owners_and_sends_to_them_directly(
+    tmp_path: Path, redis_url: str, log_url: str | None
+) -> None:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         owner_of_pid = {pid: n.address for n in nodes for pid in shard_pids(n)}
 
         async def run() -> tuple[dict[str, str], dict[str, str]]:
@@ -183,9 +203,9 @@ def test_a_client_learns_owners_and_sends_to_them_directly(tmp_path: Path, redis
 
 
 def test_a_client_with_several_addresses_moves_on_when_its_node_dies(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         addresses = ",".join(n.address for n in nodes[1:] + nodes[:1])  # n2 first
         with SyncClient(addresses, follow_owners=False) as client:
             assert client.enqueue_and_wait(Incr(name="m1")).value == 1
@@ -212,9 +232,11 @@ def kill_node(node: Node) -> None:
     node.proc.wait(10)
 
 
-def test_the_group_serves_again_after_its_master_dies(tmp_path: Path, redis_url: str) -> None:
+def test_the_group_serves_again_after_its_master_dies(
+    tmp_path: Path, redis_url: str, log_url: str | None
+) -> None:
     r = redis.Redis.from_url(redis_url)
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         survivors = nodes[1:]
         clients = [SyncClient(n.address, follow_owners=False) for n in survivors]
         try:
@@ -250,13 +272,13 @@ def test_the_group_serves_again_after_its_master_dies(tmp_path: Path, redis_url:
 
 @pytest.mark.parametrize("victim", ["n1", "n3"], ids=["master", "replica"])
 def test_a_dead_nodes_queued_messages_run_on_the_survivors_in_order(
-    tmp_path: Path, redis_url: str, victim: str
+    tmp_path: Path, redis_url: str, log_url: str | None, victim: str
 ) -> None:
     """kill -9 of the entity's owner: its running message is dead-lettered `interrupted`,
     its queued ones run on a new owner in their original order, and a call sent after
     the death runs after them (SPEC 10.1 "A dead node's log is adopted")."""
     r = redis.Redis.from_url(redis_url)
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         by_id = dict(zip(IDS, nodes, strict=True))
         owner_of_pid = {pid: sid for sid, n in by_id.items() for pid in shard_pids(n)}
         survivor = next(n for sid, n in by_id.items() if sid != victim)
@@ -287,19 +309,22 @@ def test_a_dead_nodes_queued_messages_run_on_the_survivors_in_order(
             assert int(r.get(f"t:counter:{name}") or 0) == 11
             ran = [x.decode() for x in r.lrange("t:ran", 0, -1)]
             assert all(ran.count(mid) == 1 for mid in [*queued, late])
-            letters = {d.id: d for d in DeadLetterQueue(r, "aq").entries()}
+            store = log_store(redis_url, log_url)
+            letters = {d.id: d for d in DeadLetterQueue(store, "aq").entries()}
             assert letters[running].reason == "interrupted"
             assert r.llen(f"t:span:{name}") == 0  # it never finished, and never ran again
             # Its new owner is a survivor, and it answers there.
             assert owner_of_pid[client.enqueue_and_wait(WhoRuns(name=name))] != victim
 
 
-def test_a_stopping_node_hands_its_queued_messages_over(tmp_path: Path, redis_url: str) -> None:
+def test_a_stopping_node_hands_its_queued_messages_over(
+    tmp_path: Path, redis_url: str, log_url: str | None
+) -> None:
     """SIGTERM: the running handler finishes (its waiter, through another node, gets the
     reply), the node leaves at once, and its queued messages run on a new owner in order
     without waiting for a restart (SPEC 10.1 "Leaving")."""
     r = redis.Redis.from_url(redis_url)
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         by_id = dict(zip(IDS, nodes, strict=True))
         owner_of_pid = {pid: sid for sid, n in by_id.items() for pid in shard_pids(n)}
         leaving_pids = shard_pids(by_id["n3"])
@@ -331,13 +356,13 @@ def test_a_stopping_node_hands_its_queued_messages_over(tmp_path: Path, redis_ur
 
 
 def test_a_paused_node_that_was_declared_dead_stops_when_it_wakes(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
     """SIGSTOP a member past node_ttl_ms: the group adopts it and its entity's calls run
     on a new owner; on SIGCONT it finds itself fenced and exits 1, saying why, instead of
     running anything for entities that moved."""
     r = redis.Redis.from_url(redis_url)
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         by_id = dict(zip(IDS, nodes, strict=True))
         owner_of_pid = {pid: sid for sid, n in by_id.items() for pid in shard_pids(n)}
         with SyncClient(by_id["n1"].address, follow_owners=False) as client:
@@ -371,10 +396,10 @@ def test_a_paused_node_that_was_declared_dead_stops_when_it_wakes(
 
 
 def test_cluster_metrics_show_the_master_its_table_and_forwards(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
     port = free_port()
-    with group(tmp_path, redis_url, metrics_listen=f"127.0.0.1:{port}") as nodes:
+    with group(tmp_path, redis_url, log_url=log_url, metrics_listen=f"127.0.0.1:{port}") as nodes:
         with SyncClient(nodes[0].address, follow_owners=False) as client:
             for i in range(20):
                 client.enqueue_and_wait(Incr(name=f"metric-{i}"))
@@ -388,11 +413,11 @@ def test_cluster_metrics_show_the_master_its_table_and_forwards(
 
 
 def test_the_fencing_token_grows_when_an_entity_changes_owner(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
     """ctx.fencing_token: the same while an entity stays on its node, larger once it has
     moved (its node killed, or stopped), for handlers that fence their own writes."""
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         by_id = dict(zip(IDS, nodes, strict=True))
         owner_of_pid = {pid: sid for sid, n in by_id.items() for pid in shard_pids(n)}
         with SyncClient(by_id["n1"].address, follow_owners=False) as client:
@@ -422,13 +447,13 @@ def test_the_fencing_token_grows_when_an_entity_changes_owner(
 
 
 def test_hostile_input_through_a_non_owner_gets_a_code_and_changes_nothing(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_url: str | None
 ) -> None:
     """Deep, huge, undecodable or unknown input sent to a node that would forward it: each
     call is refused with a SPEC code before anything is forwarded or written, no process
     restarts, and the entity's next valid call still runs (through the same node)."""
     r = redis.Redis.from_url(redis_url)
-    with group(tmp_path, redis_url) as nodes:
+    with group(tmp_path, redis_url, log_url=log_url) as nodes:
         pids = {n.address: (n.proc.pid, shard_pids(n)) for n in nodes}
         owner_of_pid = {pid: n.address for n in nodes for pid in shard_pids(n)}
         with SyncClient(nodes[0].address, follow_owners=False) as client:
@@ -447,11 +472,37 @@ def test_hostile_input_through_a_non_owner_gets_a_code_and_changes_nothing(
                 ("Nope", name, {"name": name}, "UNKNOWN_MESSAGE"),
                 ("Incr", "é" * 2000, {"by": 1}, "INVALID_PAYLOAD"),
             ]
-            before = r.dbsize()
+            log = log_store(redis_url, log_url)
+            before = r.dbsize(), log.dbsize()
             for message, entity, data, code in cases:
                 with pytest.raises(AqError) as refused:
                     client.enqueue_raw("counter", message, entity, data)
                 assert refused.value.code == code, (message, refused.value)
-            assert r.dbsize() == before  # nothing written anywhere
+            assert (r.dbsize(), log.dbsize()) == before  # nothing written anywhere
             assert client.enqueue_and_wait(Incr(name=name)).value == 1
         assert {n.address: (n.proc.pid, shard_pids(n)) for n in nodes} == pids
+
+
+def test_on_a_redis_cluster_each_nodes_log_lives_in_a_slot_of_its_own(
+    tmp_path: Path, redis_url: str, redis_cluster: RedisClusterServer
+) -> None:
+    """``redis+cluster://``: every member's log keys sit in one slot, theirs alone, on the
+    master that serves it (so the logs spread over the cluster's masters), and the group's
+    own keys in one slot more."""
+    redis_cluster.flush()
+    with group(tmp_path, redis_url, log_url=redis_cluster.url) as nodes:
+        with SyncClient(",".join(n.address for n in nodes)) as client:
+            for i in range(30):
+                client.enqueue_and_wait(Incr(name=f"slots-{i}"))
+        slots: dict[str, set[int]] = {}
+        for master in redis_cluster.nodes:
+            with master.client() as one:
+                for key in one.scan_iter("aq:{*"):  # aq:nodes (a plain set) aside
+                    owner = key.decode().split("{", 1)[1].split("}", 1)[0]
+                    slots.setdefault(owner, set()).add(one.cluster("keyslot", key))
+        logs = {sid: slots.get(sid, set()) for sid in IDS}
+        assert all(len(s) == 1 for s in logs.values()), logs  # one slot per node's log
+        assert len(set().union(*logs.values())) == len(IDS)  # and a slot of its own
+        groups = [s for owner, s in slots.items() if owner.startswith("grp:")]
+        assert len(groups) == 1 and len(groups[0]) == 1, slots
+        assert len(slot_owner_ports(redis_cluster, [f"aq:{{{sid}}}:seq" for sid in IDS])) > 1
