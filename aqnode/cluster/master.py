@@ -58,6 +58,22 @@ class MasterDuties:
         self._adopted: set[str] = set()  #: dead members whose logs moved (this mastership)
         self.rebuilds = 0
         self.adoptions = 0
+        #: why this node stepped down from its master duties (its Redis health check
+        #: fails: it could neither fence nor adopt), None while it serves them
+        self.resigned: str | None = None
+
+    def resign(self, reason: str) -> None:
+        """Degraded mode: answer no petition and adopt nothing until :meth:`resume`. The
+        group's record of the master stays (this node cannot write it now); if the outage
+        outlasts node_ttl_ms the others elect a new master as for a dead one."""
+        if self.resigned is None:
+            log.warning("stepping down from master duties: %s", reason)
+        self.resigned = reason
+
+    def resume(self) -> None:
+        if self.resigned is not None:
+            log.info("Redis answers again: master duties resumed")
+        self.resigned = None
 
     def on_view(self, state: ClusterState) -> None:
         """Start or stop being master; forget dead members; ask new ones for their lists."""
@@ -87,6 +103,7 @@ class MasterDuties:
                 sid != self.server_id
                 and sid not in self._adopted
                 and sid not in self._adopting
+                and self.resigned is None
                 and self._steady()
             ):
                 self._adopting[sid] = asyncio.get_running_loop().create_task(
@@ -105,6 +122,11 @@ class MasterDuties:
             raise errors.StaleEpoch(
                 f"{self.server_id} is not the master at epoch {epoch} (it sees master "
                 f"{state.master or '(none)'} at epoch {state.epoch}); ask that one"
+            )
+        if self.resigned is not None:
+            raise errors.Unavailable(
+                f"{self.server_id}, the master, stepped down until its Redis answers again "
+                f"({self.resigned}); retry shortly"
             )
         table = self.table
         if table is None or table.epoch != epoch:

@@ -81,6 +81,15 @@ class GroupMember:
     def token(self, key: str) -> int:
         return self.router.token(key)
 
+    def redis_health(self, problem: str | None) -> None:
+        """The node's Redis health check: a failing one (``problem``) puts the member in
+        degraded mode (the node already refuses new work; here it resigns its master
+        duties), a passing one (None) ends it."""
+        if problem is None:
+            self.master.resume()
+        else:
+            self.master.resign(problem)
+
     def start(self) -> None:
         """Begin acting on views (after the log's recovery claimed this node's entities)."""
         self._on_view(self.membership.state)

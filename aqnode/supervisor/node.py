@@ -506,9 +506,13 @@ class Supervisor:
                     self.core.redis_ok = False
                     # Calls waiting on the log are answered now, not at the socket time-out.
                     self.core.wal.abandon_in_flight("the health check gave Redis up")
+                    if self.member is not None:
+                        self.member.redis_health(f"Redis does not answer: {exc.message}")
             else:
                 if not self.core.redis_ok:
                     log.info("Redis answers again: taking new work")
+                    if self.member is not None:
+                        self.member.redis_health(None)
                 self.core.redis_ok = True
                 failures = 0
                 if self.core.uncertain and (adopted := await self.core.adopt_uncertain()):

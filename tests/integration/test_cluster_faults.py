@@ -247,7 +247,8 @@ def test_the_group_recovers_by_itself_from_a_redis_outage(
     tmp_path: Path, redis_url: str, redis_server: Any
 ) -> None:
     """Redis away for several node_ttl_ms: every node rejects new work meanwhile (nothing
-    is buffered), no node declares another dead for it, and all serve again after."""
+    is buffered), the master steps down from its duties, no node declares another dead
+    for it, and all serve again after (the master resumes by itself)."""
     with contextlib.ExitStack() as stack:
         nodes = [
             stack.enter_context(
@@ -262,6 +263,7 @@ def test_the_group_recovers_by_itself_from_a_redis_outage(
             with nodes[1].client() as client, pytest.raises(AqError) as refused:
                 client.enqueue_and_wait(Span(name="outage"), timeout=2)
             assert refused.value.code in ("REDIS_UNAVAILABLE", "UNAVAILABLE")
+            wait_for(lambda: "stepping down from master duties" in nodes[0].log(), timeout=10)
             time.sleep(4 * TTL_S)  # the outage itself: no condition to wait for
         finally:
             redis_server.start()
@@ -271,6 +273,7 @@ def test_the_group_recovers_by_itself_from_a_redis_outage(
             with node.client() as client:
                 wait_for(lambda c=client: _serves(c), timeout=20)
         assert nodes[0].status().epoch >= epoch
+        assert "master duties resumed" in nodes[0].log()
 
 
 def _serves(client: Any) -> bool:

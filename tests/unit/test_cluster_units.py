@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -955,3 +956,42 @@ def test_stale_epoch_reroute_keeps_its_place_ahead_of_later_calls() -> None:
         assert order == ["m1", "m2"]  # FIFO per sender: the reroute kept its place
 
     run(scenario)
+
+
+# ---- the master in degraded mode --------------------------------------------------------
+
+
+def test_a_master_whose_redis_fails_resigns_its_duties_and_resumes_them() -> None:
+    """Degraded mode: petitions get UNAVAILABLE (retried by the asking node) and no dead
+    member's log is adopted while the master's Redis health check fails; both come back
+    when it passes again, with the same table."""
+    from aqnode.cluster.master import MasterDuties
+
+    async def scenario() -> None:
+        adopted: list[str] = []
+        state = _state(dead_alive=False)
+        duties = MasterDuties(
+            ME,
+            lambda: state,
+            cast(Peers, SimpleNamespace(usable=lambda sid: True)),
+            lambda: [],
+            lambda dead: cast(Any, adopted.append(dead)),
+            lambda key, sid, token: None,
+        )
+        table = AssignmentTable(state.epoch)
+        table.reported.update({ME, OTHER})
+        duties.table = table
+        duties.resign("Redis does not answer")
+        with pytest.raises(errors.Unavailable) as refused:
+            duties.answer(state.epoch, [KEY])
+        assert "stepped down" in refused.value.message
+        duties.on_view(state)  # DEAD is dead: still nothing is adopted while resigned
+        assert duties._adopting == {}
+        duties.resume()
+        assert [k for k, _ in duties.answer(state.epoch, [KEY])] == [KEY]
+        duties._adopt = lambda sid, table: asyncio.sleep(0)  # type: ignore[method-assign]
+        duties.on_view(state)
+        assert set(duties._adopting) == {DEAD}
+        await asyncio.gather(*duties._adopting.values())
+
+    asyncio.run(scenario())
