@@ -27,9 +27,11 @@ def aqnode(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_dlq_list_show_replay_purge(
-    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, log_url: str | None
 ) -> None:
-    with running_node(tmp_path, redis_url) as node:
+    """On one Redis, and with the log on a Redis Cluster (the CLI reads the config's URL)."""
+    log = {"redis": {"url": log_url}} if log_url else {}
+    with running_node(tmp_path, redis_url, **log) as node:
         # Given four messages dead-lettered while a dependency was broken
         redis_client.set("t:broken", 1)
         with node.client() as bus:
