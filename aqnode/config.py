@@ -155,6 +155,15 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     deadlines: Deadlines = msgspec.field(default_factory=Deadlines)
 
 
+class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """TLS for the gRPC port (clients and peers); paths relative to the config file."""
+
+    cert_file: str  # PEM: this node's certificate (chain), shown to clients and peers
+    key_file: str  # PEM: its private key
+    ca_file: str | None = None  # PEM: the CA that signs peers (and client certificates)
+    require_client_cert: bool = False  # mutual TLS: clients must present a certificate
+
+
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     handlers: list[str] = []  # dotted module names, imported by the shards
     shards: AtLeastOne | Literal["auto"] = "auto"  # "auto": one per usable core
@@ -181,6 +190,7 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     wal: WalConfig = msgspec.field(default_factory=WalConfig)
     entities: dict[str, EntityConfig] = {}
     cluster: ClusterConfig | None = None  # membership, master and epoch (placement: not yet)
+    tls: TlsConfig | None = None  # None: plaintext gRPC
 
     def entity(self, name: str) -> EntityConfig:
         """The `[entities.NAME]` section, or the defaults for an entity type not configured."""
@@ -331,6 +341,15 @@ def _validate(cfg: NodeConfig) -> None:
         raise _Invalid("auth_token", "Expected a non-empty token (leave the key out for none)")
     if cfg.redis.url is not None and (problem := _redis_url_problem(cfg.redis.url)):
         raise _Invalid("redis.url", problem)
+    if cfg.tls is not None:
+        for key in ("cert_file", "key_file", "ca_file"):
+            if getattr(cfg.tls, key) == "":
+                raise _Invalid(f"tls.{key}", "Expected a file path, got an empty string")
+        if cfg.tls.require_client_cert and cfg.tls.ca_file is None:
+            raise _Invalid(
+                "tls.ca_file",
+                "require_client_cert needs the CA that signs client certificates: set ca_file",
+            )
     _check_retry("retry", cfg.retry)
     for name, ent in cfg.entities.items():
         key = f"entities.{_key_part(name)}"
@@ -554,8 +573,18 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
     except OSError as e:
         raise ConfigError(label, "", f"Cannot read the config file: {e.strerror}") from None
     cfg = parse_config(data, label)
-    data_dir = str(cfg.resolved_data_dir(config_dir(p)))
-    return msgspec.structs.replace(cfg, data_dir=data_dir)
+    base = config_dir(p)
+    data_dir = str(cfg.resolved_data_dir(base))
+    tls = cfg.tls
+    if tls is not None:
+        # Relative TLS paths mean the same from any working directory, like data_dir.
+        tls = msgspec.structs.replace(
+            tls,
+            cert_file=str(base / Path(tls.cert_file).expanduser()),
+            key_file=str(base / Path(tls.key_file).expanduser()),
+            ca_file=None if tls.ca_file is None else str(base / Path(tls.ca_file).expanduser()),
+        )
+    return msgspec.structs.replace(cfg, data_dir=data_dir, tls=tls)
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()

@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from aqnode.client import SyncClient
+from aqnode.client import SyncClient, Tls
 from aqnode.errors import AqError
 from tests.redis_fixture import free_port, wait_for
 
@@ -32,6 +32,7 @@ class Node:
     redis_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     token: str | None = None
+    tls: Tls | None = None  #: how clients speak to it ([tls]: its CA, and its certificate)
     earlier: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def respawn(self) -> None:
@@ -48,14 +49,14 @@ class Node:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def status(self) -> Any:
-        with SyncClient(self.address, auth_token=self.token) as client:
+        with self.client() as client:
             return client.status(timeout=2.0)
 
     def shard_pids(self) -> list[int]:
         return [s.pid for s in self.status().shards]
 
     def client(self) -> SyncClient:
-        return SyncClient(self.address, auth_token=self.token)
+        return SyncClient(self.address, auth_token=self.token, tls=self.tls)
 
     def terminate(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
@@ -170,6 +171,13 @@ def running_node(
     proc, log_path = spawn(config_path, redis_url, env)
     node = Node(f"127.0.0.1:{port}", proc, config_path, log_path, redis_url, dict(env or {}))
     node.token = overrides.get("auth_token")
+    if tls := overrides.get("tls"):
+        mutual = tls.get("require_client_cert", False)
+        node.tls = Tls(
+            tls.get("ca_file"),
+            tls["cert_file"] if mutual else None,
+            tls["key_file"] if mutual else None,
+        )
     try:
         wait_ready(node)
         yield node

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,6 +15,7 @@ import click
 from aqnode import errors
 
 if TYPE_CHECKING:
+    from aqnode.client import Tls
     from aqnode.config import NodeConfig
 
 T = TypeVar("T")
@@ -36,20 +38,55 @@ def load(path: str) -> NodeConfig:
         raise click.ClickException(str(exc)) from None
 
 
-def target(config: str | None, address: str | None, token: str | None) -> tuple[str, str | None]:
-    """The node to talk to and the auth token to send.
+@dataclass(frozen=True)
+class Target:
+    """A node to talk to, and how: its address, the auth token, TLS (None: plaintext)."""
+
+    address: str
+    token: str | None
+    tls: Tls | None
+
+    def client_options(self) -> dict[str, Any]:
+        return {"auth_token": self.token, "tls": self.tls}
+
+
+def target(
+    config: str | None,
+    address: str | None,
+    token: str | None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    *,
+    cfg: NodeConfig | None = None,
+) -> Target:
+    """The node to talk to, the auth token to send, the TLS to speak.
 
     ``--address`` wins over the config's ``listen``, ``--auth-token`` (or
-    ``$AQNODE_AUTH_TOKEN``) over its ``auth_token``; without a config file, the default
-    address. A ``--config`` that names a missing file is an error, not a silent default.
+    ``$AQNODE_AUTH_TOKEN``) over its ``auth_token``, ``--tls-*`` over its ``[tls]`` (its
+    CA, and its own certificate when it requires client certificates); without a config
+    file, the default address. A ``--config`` that names a missing file is an error, not
+    a silent default.
     """
-    path = config_path(config)
-    if Path(path).exists():
-        cfg = load(path)
-        return address or cfg.listen, token or cfg.auth_token
-    if config:
-        raise click.ClickException(f"config file {path} does not exist")
-    return address or DEFAULT_ADDRESS, token
+    from aqnode.client import Tls
+
+    if cfg is None:
+        path = config_path(config)
+        if Path(path).exists():
+            cfg = load(path)
+        elif config:
+            raise click.ClickException(f"config file {path} does not exist")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    node_tls = cfg.tls if cfg is not None else None
+    if node_tls is not None:
+        tls_ca = tls_ca or node_tls.ca_file
+        if tls_cert is None and node_tls.require_client_cert:
+            tls_cert, tls_key = node_tls.cert_file, node_tls.key_file
+    tls = Tls(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert or node_tls) else None
+    if cfg is None:
+        return Target(address or DEFAULT_ADDRESS, token, tls)
+    return Target(address or cfg.listen, token or cfg.auth_token, tls)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -83,3 +120,30 @@ auth_token_option = click.option(
     default=None,
     help="The node's auth_token.  [default: $AQNODE_AUTH_TOKEN, else the config's]",
 )
+
+
+def tls_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tls-ca``, ``--tls-cert``, ``--tls-key``: speak TLS to the node."""
+    for option in reversed(
+        [
+            click.option(
+                "--tls-ca",
+                metavar="FILE",
+                default=None,
+                help="Speak TLS, trusting this CA (PEM).  [default: the config's [tls] "
+                "ca_file; with a [tls] but no ca_file, the system's roots]",
+            ),
+            click.option(
+                "--tls-cert",
+                metavar="FILE",
+                default=None,
+                help="A client certificate (PEM), for a node with require_client_cert.  "
+                "[default: the config's cert_file when it requires one]",
+            ),
+            click.option(
+                "--tls-key", metavar="FILE", default=None, help="The client certificate's key."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command

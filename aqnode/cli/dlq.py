@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from aqnode import errors
-from aqnode.cli.common import address_option, auth_token_option, config_option, config_path, load
+from aqnode.cli.common import (
+    address_option,
+    auth_token_option,
+    config_option,
+    config_path,
+    load,
+    target,
+    tls_options,
+)
 from aqnode.util.redis_url import redacted
 
 if TYPE_CHECKING:
@@ -119,6 +127,7 @@ def dlq_show(dlq_id: str, config: str | None, redis_url: str | None) -> None:
 @config_option
 @address_option
 @auth_token_option
+@tls_options
 @redis_url_option
 def dlq_replay(
     dlq_ids: tuple[str, ...],
@@ -128,6 +137,9 @@ def dlq_replay(
     config: str | None,
     address: str | None,
     auth_token: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     redis_url: str | None,
 ) -> None:
     """Send dead letters (--id ID ..., or --all) again through the running node, and take
@@ -149,7 +161,8 @@ def dlq_replay(
     from aqnode.catalogue import MSGPACK
     from aqnode.client import SyncClient
 
-    client = SyncClient(address or cfg.listen, auth_token=auth_token or cfg.auth_token)
+    node = target(config, address, auth_token, tls_ca, tls_cert, tls_key, cfg=cfg)
+    client = SyncClient(node.address, **node.client_options())
     with client:
 
         def send(letter: DeadLetter, message_id: str) -> str:

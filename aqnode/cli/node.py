@@ -17,9 +17,11 @@ from aqnode.cli.common import (
     config_path,
     run,
     target,
+    tls_options,
 )
 
 if TYPE_CHECKING:
+    from aqnode.cli.common import Target
     from aqnode.client import NodeStatus
 
 
@@ -80,6 +82,7 @@ def serve(config: str | None) -> None:
 @config_option
 @address_option
 @auth_token_option
+@tls_options
 def enqueue(
     entity_type: str,
     message: str,
@@ -91,6 +94,9 @@ def enqueue(
     config: str | None,
     address: str | None,
     auth_token: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Send MESSAGE (a message class's name) to the entity ENTITY_TYPE:ENTITY_ID.
 
@@ -106,18 +112,15 @@ def enqueue(
         json.loads(data)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
-    where, token = target(config, address, auth_token)
+    node = target(config, address, auth_token, tls_ca, tls_cert, tls_key)
     result = run(
-        _enqueue(
-            where, token, entity_type, message, entity_id, data.encode(), wait, timeout, message_id
-        )
+        _enqueue(node, entity_type, message, entity_id, data.encode(), wait, timeout, message_id)
     )
     click.echo(json.dumps(result) if wait else result)
 
 
 async def _enqueue(
-    address: str,
-    token: str | None,
+    node: Target,
     entity_type: str,
     message: str,
     entity_id: str,
@@ -129,7 +132,7 @@ async def _enqueue(
     from aqnode.catalogue import JSON
     from aqnode.client import Client
 
-    async with Client(address, auth_token=token) as bus:
+    async with Client(node.address, **node.client_options()) as bus:
         if wait:
             return await bus.enqueue_and_wait_raw(
                 entity_type,
@@ -149,13 +152,22 @@ async def _enqueue(
 @config_option
 @address_option
 @auth_token_option
+@tls_options
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print one JSON object (snake_case keys, counts as numbers) for scripts.",
 )
-def status(config: str | None, address: str | None, auth_token: str | None, as_json: bool) -> None:
+def status(
+    config: str | None,
+    address: str | None,
+    auth_token: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    as_json: bool,
+) -> None:
     """Show a node: its id, role, master, epoch and members, and one line per shard
     (pid, alive, CPU, memory, workers, queue depth, messages handled, restarts).
 
@@ -164,17 +176,17 @@ def status(config: str | None, address: str | None, auth_token: str | None, as_j
     """
     from aqnode.client import Client
 
-    where, token = target(config, address, auth_token)
+    where = target(config, address, auth_token, tls_ca, tls_cert, tls_key)
 
     async def fetch() -> NodeStatus:
-        async with Client(where, auth_token=token) as bus:
+        async with Client(where.address, **where.client_options()) as bus:
             return await bus.status()
 
-    node = run(fetch())
+    shown = run(fetch())
     if as_json:
-        click.echo(node.to_json())
+        click.echo(shown.to_json())
     else:
-        _print_status(node)
+        _print_status(shown)
 
 
 def _print_status(node: NodeStatus) -> None:

@@ -23,6 +23,7 @@ from aqnode.client.connection import (
     status_error,
 )
 from aqnode.client.status import Member, NodeStatus, ShardStatus
+from aqnode.client.tls import Tls, credentials_for
 
 __all__ = [
     "MAX_CALL_BYTES",
@@ -32,6 +33,7 @@ __all__ = [
     "ShardStatus",
     "SyncClient",
     "SyncEntityClient",
+    "Tls",
     "rpc_error",
     "status_error",
 ]
@@ -52,6 +54,10 @@ class Client(Bus):
     nodes' replies and sends each entity's calls to its owner directly (no forwarding
     hop), switching an entity's route only when none of its calls is in flight, so
     that its calls keep their order.
+
+    ``tls=True`` speaks TLS and trusts the system's roots; ``tls=Tls(ca_file=...,
+    cert_file=..., key_file=...)`` trusts that CA and presents that certificate (for a
+    node with ``require_client_cert``). ``auth_token`` goes with every call.
     """
 
     def __init__(
@@ -59,10 +65,12 @@ class Client(Bus):
         address: str | Sequence[str] = "127.0.0.1:50051",
         *,
         auth_token: str | None = None,
+        tls: Tls | bool | None = None,
         follow_owners: bool = True,
     ) -> None:
         self.addresses = parse_addresses(address)
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        self._credentials = credentials_for(tls)  # read now: a bad file fails here
         self._follow_owners = follow_owners
         self._primary = 0  #: index in addresses of the node sends go to by default
         self._connections: dict[str, Connection] = {}
@@ -84,7 +92,9 @@ class Client(Bus):
     def _connection(self, address: str) -> Connection:
         conn = self._connections.get(address)
         if conn is None:
-            conn = self._connections[address] = Connection(address, self._metadata)
+            conn = self._connections[address] = Connection(
+                address, self._metadata, credentials=self._credentials
+            )
         return conn
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -247,11 +257,14 @@ class SyncClient:
         address: str | Sequence[str] = "127.0.0.1:50051",
         *,
         auth_token: str | None = None,
+        tls: Tls | bool | None = None,
         follow_owners: bool = True,
     ) -> None:
         self._loop = background_loop()
         self._closed = False
-        self._client = self._run(_make_client(address, auth_token, follow_owners))
+        self._client = self._run(
+            _make_client(address, auth_token=auth_token, tls=tls, follow_owners=follow_owners)
+        )
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -380,10 +393,8 @@ class SyncEntityClient:
         )
 
 
-async def _make_client(
-    address: str | Sequence[str], auth_token: str | None, follow_owners: bool
-) -> Client:
-    client = Client(address, auth_token=auth_token, follow_owners=follow_owners)
+async def _make_client(address: str | Sequence[str], **options: Any) -> Client:
+    client = Client(address, **options)
     if len(client.addresses) > 1:
         await client.connect()  # start on a node that answers
     return client

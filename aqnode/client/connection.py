@@ -58,10 +58,12 @@ class Connection:
         address: str,
         metadata: tuple[tuple[str, str], ...] = (),
         options: list[tuple[str, Any]] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.address = address
         self._metadata = metadata
         self._options = options or []
+        self._credentials = credentials  #: TLS; None: plaintext
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.AqNodeStub | None = None
         self._stream: Any = None
@@ -84,19 +86,21 @@ class Connection:
 
     def _ensure_channel(self) -> pb_grpc.AqNodeStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.address,
-                options=[
-                    # Replies may be as large as the node's max_reply_bytes allows.
-                    ("grpc.max_receive_message_length", -1),
-                    ("grpc.max_send_message_length", MAX_CALL_BYTES + FRAME_SLACK_BYTES),
-                    # A node that restarts is found again within a second, not after
-                    # gRPC's default backoff (up to two minutes).
-                    ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.min_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", 1000),
-                    *self._options,
-                ],
+            options = [
+                # Replies may be as large as the node's max_reply_bytes allows.
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", MAX_CALL_BYTES + FRAME_SLACK_BYTES),
+                # A node that restarts is found again within a second, not after
+                # gRPC's default backoff (up to two minutes).
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+                *self._options,
+            ]
+            self._channel = (
+                grpc.aio.insecure_channel(self.address, options=options)
+                if self._credentials is None
+                else grpc.aio.secure_channel(self.address, self._credentials, options=options)
             )
             self._stub = pb_grpc.AqNodeStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
@@ -305,9 +309,17 @@ def status_error(
             f"{address} refused the call as too large ({details}); send less"
         )
     if code in _TRANSPORT_FAILURES:
-        return errors.Unavailable(
-            f"cannot reach an aqnode at {address} ({details}); is `aqnode serve` running there?"
-        )
+        lowered = details.lower()
+        if "handshake" in lowered or "ssl" in lowered or "certificate" in lowered:
+            hint = (
+                "the TLS handshake failed: does the client trust the node's CA (tls=Tls("
+                "ca_file=...), --tls-ca), and present a certificate if the node requires one?"
+            )
+        elif "socket closed" in lowered:
+            hint = "is `aqnode serve` running there? If it speaks TLS, pass tls= (--tls-ca)"
+        else:
+            hint = "is `aqnode serve` running there?"
+        return errors.Unavailable(f"cannot reach an aqnode at {address} ({details}); {hint}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.Unavailable(f"{address} did not answer in time ({details})")
     return errors.AqError(f"{address}: {code.name}: {details}", code=errors.INTERNAL)

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from aqnode import errors
 from aqnode.bus import Envelope, SendResult
 from aqnode.cluster.adoption import Adoption
@@ -33,10 +35,11 @@ class GroupMember:
         submit: Callable[[list[Call]], None],
         make_call: Callable[[Envelope, Callable[[SendResult], None], bool, int], Call],
         reply_timeout_ms: Callable[[str], int],
+        peer_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.membership = membership
         self.server_id = membership.server_id
-        self.peers = Peers(membership.config, config.auth_token)
+        self.peers = Peers(membership.config, config.auth_token, peer_credentials)
         self.router = Router(
             self.server_id,
             membership.config,

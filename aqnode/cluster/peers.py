@@ -80,6 +80,7 @@ class Peer:
         address: str,
         config: ClusterConfig,
         metadata: tuple[tuple[str, str], ...],
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.server_id = server_id
         self.address = address
@@ -97,6 +98,7 @@ class Peer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
             ],
+            credentials=credentials,
         )
         self._stub = pb_grpc.AqPeerStub(self.session.channel)  # type: ignore[no-untyped-call]
         self._failing_since: float | None = None  # the channel's last fall out of READY
@@ -212,9 +214,15 @@ class Peer:
 class Peers:
     """One :class:`Peer` per other member, made when first needed."""
 
-    def __init__(self, config: ClusterConfig, auth_token: str | None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        auth_token: str | None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.config = config
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        self._credentials = credentials  #: TLS ([tls]: this node's certificate); None: plain
         self._peers: dict[str, Peer] = {}
 
     def get(self, server_id: str, address: str) -> Peer:
@@ -222,7 +230,9 @@ class Peers:
         if peer is None or peer.address != address:
             if peer is not None:  # it came back at another address
                 asyncio.get_running_loop().create_task(peer.close())
-            peer = self._peers[server_id] = Peer(server_id, address, self.config, self._metadata)
+            peer = self._peers[server_id] = Peer(
+                server_id, address, self.config, self._metadata, self._credentials
+            )
         return peer
 
     def usable(self, server_id: str) -> bool:

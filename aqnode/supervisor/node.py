@@ -38,6 +38,7 @@ from aqnode.supervisor.live import Call
 from aqnode.supervisor.metrics import NodeMetrics, serve_metrics
 from aqnode.supervisor.peer_api import AqPeerService
 from aqnode.supervisor.shards import READ_AFTER_EXIT_S, ShardBootFailed, ShardLink
+from aqnode.supervisor.tls import NodeTls
 from aqnode.supervisor.validation import Validator
 from aqnode.util import proc as procutil
 from aqnode.util.backoff import doubling
@@ -100,12 +101,15 @@ class Supervisor:
         self._metrics_server: asyncio.Server | None = None
         self._fenced_out = False  # declared dead by the group: stop without draining
         self._membership_task: asyncio.Task[None] | None = None
+        self.tls: NodeTls | None = None  # [tls]: the gRPC port's and the peers' credentials
 
     # ---- start ------------------------------------------------------------------------
 
     async def run(self) -> int:
         # Before anything starts; gRPC would also log lines of its own on a taken port.
         _check_port_free(self.config.listen)
+        if self.config.tls is not None:
+            self.tls = NodeTls(self.config.tls)  # a bad file: one line naming it, exit 2
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.server_id = self.config.server_id or _persistent_server_id(self.data_dir)
         await self._connect_redis()
@@ -138,6 +142,7 @@ class Supervisor:
                 self.core.submit,
                 _adopted_call,
                 self.core.reply_timeout_ms,
+                None if self.tls is None else self.tls.peer_credentials(),
             )
             # What this node's log still holds runs here: it owns those entities.
             try:
@@ -278,7 +283,10 @@ class Supervisor:
                 AqPeerService(self.member, self.config.auth_token), server
             )
         try:
-            server.add_insecure_port(self.config.listen)
+            if self.tls is None:
+                server.add_insecure_port(self.config.listen)
+            else:
+                server.add_secure_port(self.config.listen, self.tls.server_credentials())
         except RuntimeError as exc:
             raise errors.StartupError(f"cannot listen on {self.config.listen}: {exc}") from exc
         await server.start()
@@ -334,6 +342,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._events.put_nowait, sig.name)
+        if self.tls is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.tls.reload)
 
     # ---- run --------------------------------------------------------------------------
 

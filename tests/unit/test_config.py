@@ -356,3 +356,27 @@ def test_bytes_with_bom_and_bad_utf8() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(b"shards = \xff\n", "node.toml")
     assert "UTF-8" in info.value.problem
+
+
+def test_tls_paths_are_taken_from_the_config_files_directory(tmp_path: Path) -> None:
+    from aqnode.config import load_config
+
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'handlers = ["x"]\n[tls]\ncert_file = "certs/node.pem"\nkey_file = "/abs/node.key"\n'
+    )
+    tls = load_config(path).tls
+    assert tls is not None
+    assert (tls.cert_file, tls.key_file, tls.ca_file) == (
+        str(tmp_path / "certs/node.pem"),
+        "/abs/node.key",
+        None,
+    )
+
+
+def test_mutual_tls_without_a_ca_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            'handlers = ["x"]\n[tls]\ncert_file = "a"\nkey_file = "b"\nrequire_client_cert = true\n'
+        )
+    assert caught.value.key == "tls.ca_file"
