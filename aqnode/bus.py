@@ -16,6 +16,7 @@ import msgspec
 from aqnode import errors
 from aqnode.api import Command, Message, Query, entity_type_of, id_field_of, reply_type_of
 from aqnode.catalogue import JSON, MSGPACK
+from aqnode.wiretypes import to_msgpack
 
 R = TypeVar("R")
 
@@ -60,9 +61,16 @@ def envelope_of(msg: Message, message_id: str | None = None) -> Envelope:
 
 
 def _encoded(data: Any) -> bytes:
-    """msgpack of ``data``; what cannot be encoded is INVALID_PAYLOAD, like at the node."""
+    """msgpack of ``data``; what cannot be encoded is INVALID_PAYLOAD, like at the node.
+
+    A positional (``array_like``) struct that leaves a field ``UNSET`` (generated code
+    does, for a default only the handler knows) is sent cut where that field starts,
+    which msgspec alone refuses to encode (:func:`aqnode.wiretypes.to_msgpack`)."""
     try:
-        return _encoder.encode(data)
+        try:
+            return _encoder.encode(data)
+        except TypeError:
+            return to_msgpack(data)
     except RecursionError:
         problem = "it is nested too deeply to encode"
     except (OverflowError, TypeError, ValueError, UnicodeEncodeError) as exc:
@@ -188,6 +196,7 @@ class Bus(ABC):
     ) -> str:
         """Enqueue by name: ``data`` is a mapping, or JSON/msgpack bytes (``content_type``)."""
         envelope = raw_envelope(entity_type, message, entity_id, data, message_id, content_type)
+        await self._check_raw(envelope)
         (result,) = await self._send([envelope], wait=False, timeout=None)
         result.raise_for_error()
         return result.message_id
@@ -205,6 +214,7 @@ class Bus(ABC):
     ) -> Any:
         """Enqueue by name and return the reply as plain data (dicts, lists, numbers)."""
         envelope = raw_envelope(entity_type, message, entity_id, data, message_id, content_type)
+        await self._check_raw(envelope)
         self._check_wait(envelope)
         (result,) = await self._send([envelope], wait=True, timeout=timeout)
         return decode_reply(result, Any)
@@ -215,6 +225,9 @@ class Bus(ABC):
 
     def _check_wait(self, envelope: Envelope) -> None:  # noqa: B027 (a hook, empty by default)
         """Refuse a wait that can never end; the client has none, a handler's bus has."""
+
+    async def _check_raw(self, envelope: Envelope) -> None:  # noqa: B027 (a hook, empty by default)
+        """Check a raw payload before it is sent (the client's ``validate=True``)."""
 
 
 class EntityBus:

@@ -2,7 +2,7 @@
 
 Built in each shard after the handler modules are imported; the shards use it to decode
 and run messages, and send :meth:`Catalogue.describe` to the supervisor, which validates
-payloads with types rebuilt from that (:mod:`aqnode.supervisor.validation`) and never
+payloads with types rebuilt from that (:mod:`aqnode.validation`) and never
 imports a handler module.
 """
 

@@ -44,6 +44,12 @@ type (``int`` or ``str``), a superset the shard narrows.
 
 Re-encoding is subject to msgpack's own limits, as for the real class: an ``int`` outside
 ``[-2**63, 2**64 - 1]`` (valid in JSON) raises ``OverflowError``.
+
+For the registry (SPEC 11: JSON Schemas, generated code) a description also carries what
+only documentation needs, all plain data: an enum's class and member names, a class's
+docstring, and a field's default where it is a constant (``FieldDesc.documented_default``;
+no user factory is called for it). Validation ignores them; ``rebuild(desc,
+documented=True)`` uses them, for schemas only.
 """
 
 from __future__ import annotations
@@ -150,9 +156,14 @@ LiteralValue: TypeAlias = bool | int | str | None
 
 
 class LiteralNode(_Node, frozen=True, tag="literal"):
-    """A ``Literal``, or an ``Enum`` as the values that stand for it on the wire."""
+    """A ``Literal``, or an ``Enum`` as the values that stand for it on the wire.
+
+    For an enum, ``enum_name`` and ``member_names`` (one per value) keep its names for the
+    registry's schemas and generated code; validation ignores them."""
 
     values: tuple[LiteralValue, ...]
+    enum_name: str | None = None
+    member_names: tuple[str, ...] = ()
 
 
 class SeqNode(_Node, frozen=True, tag="seq"):
@@ -213,6 +224,15 @@ class FieldDesc(_Desc, frozen=True):
     # Only for positional (array_like) structs, where UNSET can't be encoded: the default,
     # msgpack-encoded, when it is safe to send in the shard's place (see the module doc).
     default_msgpack: bytes | None = None
+    # For documentation only (the registry's schemas, generated code), where
+    # default_msgpack is not set: a constant default (or the empty value of a builtin
+    # container factory), msgpack-encoded. Validation never uses it.
+    documented_default: bytes | None = None
+
+    @property
+    def shown_default(self) -> bytes | None:
+        """The default as msgpack, when the description knows it."""
+        return self.default_msgpack if self.default_msgpack is not None else self.documented_default
 
 
 class StructDesc(_Desc, frozen=True):
@@ -224,6 +244,7 @@ class StructDesc(_Desc, frozen=True):
     tag: str | int | None = None
     array_like: bool = False
     forbid_unknown_fields: bool = False
+    doc: str | None = None  # the class's docstring, for the registry (schemas, generated code)
 
 
 class TypeDesc(_Desc, frozen=True):
@@ -342,6 +363,8 @@ class _Describer:
         self.structs.append(None)  # reserved first: a field may refer back to this struct
         origin = typing.get_origin(t.cls) or t.cls
         name = getattr(origin, "__name__", "Struct")
+        doc = getattr(origin, "__doc__", None)
+        doc = doc if isinstance(doc, str) and doc.strip() else None
         if isinstance(t, mi.StructType):
             self.structs[i] = StructDesc(
                 name=name,
@@ -350,6 +373,7 @@ class _Describer:
                 tag=t.tag,
                 array_like=t.array_like,
                 forbid_unknown_fields=t.forbid_unknown_fields,
+                doc=doc,
             )
         elif isinstance(t, mi.NamedTupleType):
             # An array of length required..all; rebuilt as a positional struct that
@@ -359,27 +383,35 @@ class _Describer:
                 fields=self.fields(t, positional=True),
                 array_like=True,
                 forbid_unknown_fields=True,
+                doc=doc,
             )
         else:  # dataclass/attrs/TypedDict: an object whose unknown keys are ignored
-            self.structs[i] = StructDesc(name=name, fields=self.fields(t, positional=False))
+            fields = self.fields(t, positional=False)
+            self.structs[i] = StructDesc(name=name, fields=fields, doc=doc)
         return i
 
     def fields(self, t: _Composite, *, positional: bool) -> tuple[FieldDesc, ...]:
-        hints = _field_hints(t.cls) if positional else {}
-        return tuple(
-            FieldDesc(
-                name=f.name,
-                encode_name=f.encode_name,
-                type=self.node(f.type),
-                required=f.required,
-                default_msgpack=(
-                    _encoded_default(f, hints.get(f.name))
-                    if positional and not f.required
-                    else None
-                ),
+        optional = any(not f.required for f in t.fields)
+        hints = _field_hints(t.cls) if optional else {}
+        described = []
+        for f in t.fields:
+            sent = None
+            if positional and not f.required:
+                sent = _encoded_default(f, hints.get(f.name))
+            shown = None
+            if sent is None and not f.required:
+                shown = _documented_default(f, hints.get(f.name))
+            described.append(
+                FieldDesc(
+                    name=f.name,
+                    encode_name=f.encode_name,
+                    type=self.node(f.type),
+                    required=f.required,
+                    default_msgpack=sent,
+                    documented_default=shown,
+                )
             )
-            for f in t.fields
-        )
+        return tuple(described)
 
 
 class _Recursive(Exception):
@@ -407,7 +439,9 @@ def _enum_node(cls: type[enum.Enum]) -> Node:
         # msgspec falls back to the enum's `_missing_` (user code) for unknown values:
         # accept the whole value type and let the shard narrow it.
         return StrNode() if all(isinstance(v, str) for v in values) else IntNode()
-    return LiteralNode(values=values)
+    return LiteralNode(
+        values=values, enum_name=cls.__name__, member_names=tuple(m.name for m in cls)
+    )
 
 
 def _field_hints(cls: Any) -> dict[str, Any]:
@@ -447,6 +481,32 @@ def _encoded_default(f: mi.Field, hint: Any) -> bytes | None:
     return data
 
 
+#: default factories that are plain empty values: called to document the default
+_EMPTY_FACTORIES: tuple[Any, ...] = (list, dict, set, frozenset, tuple, bytearray)
+
+
+def _documented_default(f: mi.Field, hint: Any) -> bytes | None:
+    """A constant default msgpack-encoded, for documentation: only a plain value (or an
+    empty builtin container) that its own type decodes back; no user factory is called."""
+    if hint is None:
+        return None
+    if f.default_factory is not msgspec.NODEFAULT:
+        if f.default_factory not in _EMPTY_FACTORIES:
+            return None  # e.g. datetime.now, uuid4, a lambda: only the shard knows
+        value = f.default_factory()
+    elif f.default is not msgspec.NODEFAULT and f.default is not msgspec.UNSET:
+        value = f.default
+    else:
+        return None
+    try:
+        data = msgspec.msgpack.encode(value)
+        if msgspec.msgpack.decode(data, type=hint) != value:
+            return None
+    except Exception:  # not encodable, or not decodable as its own type: not documented
+        return None
+    return data
+
+
 # --- rebuild -------------------------------------------------------------------------------
 
 _SCALAR_TYPES: dict[ScalarKind, Any] = {
@@ -465,28 +525,57 @@ _TEMPORAL_TYPES: dict[str, Any] = {"datetime": datetime.datetime, "time": dateti
 _IMMUTABLE = (type(None), bool, int, float, str, bytes)
 
 
-def rebuild(desc: TypeDesc) -> Any:
-    """A msgspec type equivalent on the wire to the one ``desc`` describes (see module doc)."""
-    classes: list[type[msgspec.Struct]] = [_struct_shell(s) for s in desc.structs]
+def rebuild(desc: TypeDesc, *, documented: bool = False) -> Any:
+    """A msgspec type equivalent on the wire to the one ``desc`` describes (see module doc).
+
+    ``documented=True`` is for JSON Schemas only (the registry): a field whose default the
+    description knows takes it instead of ``UNSET``, enums come back as ``Enum`` classes
+    with their names, and msgpack ``Ext`` as ``Any``. Never validate with that type: it
+    would fill in defaults that belong to the shard.
+    """
+    enums: _Enums | None = {} if documented else None
+    defaults = [[_field_default(f, enums) for f in s.fields] for s in desc.structs]
+    classes = [_struct_shell(s, d) for s, d in zip(desc.structs, defaults, strict=True)]
+    if enums is not None:
+        for cls, s in zip(classes, desc.structs, strict=True):
+            cls.__doc__ = s.doc  # the schema's description
     # The field types go in once every class exists, so structs may refer to each other
     # (and to themselves); msgspec reads annotations only when a decoder is first built.
-    for cls, s in zip(classes, desc.structs, strict=True):
+    for cls, s, d in zip(classes, desc.structs, defaults, strict=True):
         annotations = vars(cls)["__annotations__"]
-        for name, f in zip(cls.__struct_fields__, s.fields, strict=True):
-            t = _type(f.type, classes)
-            annotations[name] = t if f.required else Union[t, msgspec.UnsetType]  # noqa: UP007
-    return _type(desc.root, classes)
+        for name, f, default in zip(cls.__struct_fields__, s.fields, d, strict=True):
+            t = _type(f.type, classes, enums)
+            unset = default is msgspec.UNSET
+            annotations[name] = Union[t, msgspec.UnsetType] if unset else t  # noqa: UP007
+    return _type(desc.root, classes, enums)
 
 
-def _struct_shell(s: StructDesc) -> type[msgspec.Struct]:
-    """The struct with its final fields, names and options; field types are patched later."""
+_REQUIRED: Any = object()  #: marks a required field among the defaults
+
+
+def _field_default(f: FieldDesc, enums: _Enums | None) -> Any:
+    if f.required:
+        return _REQUIRED
+    return _default(f.default_msgpack) if enums is None else _shown_default(f, enums)
+
+
+_Enums: TypeAlias = dict[tuple[str, tuple[LiteralValue, ...], tuple[str, ...]], Any]
+
+
+class _AnyRefs:
+    """Stands for the struct classes while they do not exist yet: every struct is Any."""
+
+    def __getitem__(self, index: int) -> Any:
+        return Any
+
+
+def _struct_shell(s: StructDesc, defaults: list[Any]) -> type[msgspec.Struct]:
+    """The struct with its final fields, names, defaults and options; field types are
+    patched later."""
     names = _python_names(f.name for f in s.fields)
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    for name, f in zip(names, s.fields, strict=True):
-        if f.required:
-            fields.append((name, Any))
-        else:
-            fields.append((name, Any, _default(f.default_msgpack)))
+    for name, default in zip(names, defaults, strict=True):
+        fields.append((name, Any) if default is _REQUIRED else (name, Any, default))
     return msgspec.defstruct(
         s.name,
         fields,
@@ -513,6 +602,24 @@ def _default(data: bytes | None) -> Any:
     return msgspec.field(default_factory=factory)
 
 
+def _shown_default(f: FieldDesc, enums: _Enums) -> Any:
+    """The default a documented rebuild shows: decoded with the field's own type (an enum
+    member, a datetime), else ``UNSET`` (unknown: only the shard knows it)."""
+    data = f.shown_default
+    if data is None:
+        return msgspec.UNSET
+    try:
+        value = msgspec.msgpack.decode(data, type=_type(f.type, _AnyRefs(), enums))
+    except Exception:  # e.g. a struct default: shown as optional without a default
+        return msgspec.UNSET
+    if isinstance(value, (*_IMMUTABLE, enum.Enum)):
+        return value
+    if not value and type(value) in _EMPTY_FACTORIES:
+        return msgspec.field(default_factory=type(value))  # shown as its empty value
+    factory: Callable[[], Any] = functools.partial(msgspec.msgpack.decode, data)
+    return msgspec.field(default_factory=factory)
+
+
 def _python_names(names: typing.Iterable[str]) -> list[str]:
     """Attribute names: the original ones when usable (a TypedDict key may not be)."""
     out: list[str] = []
@@ -529,10 +636,14 @@ def _meta(t: Any, **constraints: Any) -> Any:
     return Annotated[t, msgspec.Meta(**given)] if given else t
 
 
-def _type(n: Node, classes: list[type[msgspec.Struct]]) -> Any:
+def _type(n: Node, classes: Any, enums: _Enums | None = None) -> Any:
+    """The type ``n`` describes; ``classes[i]`` is the struct at index i; ``enums`` is
+    given (a cache) only for a documented rebuild."""
     if isinstance(n, AnyNode):
         return Any
     if isinstance(n, ScalarNode):
+        if enums is not None and n.kind == "ext":
+            return Any  # no JSON form: a JSON Schema says nothing about it
         return _SCALAR_TYPES[n.kind]
     if isinstance(n, IntNode | FloatNode):
         num = int if isinstance(n, IntNode) else float
@@ -544,20 +655,34 @@ def _type(n: Node, classes: list[type[msgspec.Struct]]) -> Any:
     if isinstance(n, TemporalNode):
         return _meta(_TEMPORAL_TYPES[n.kind], tz=n.tz)
     if isinstance(n, LiteralNode):
+        if enums is not None and n.enum_name is not None:
+            return _enum_class(n, enums)
         return Literal[n.values]
     if isinstance(n, SeqNode):
-        item = _type(n.item, classes)
+        item = _type(n.item, classes, enums)
         seq = _TUPLE[item, ...] if n.kind == "tuple" else _SEQ_TYPES[n.kind][item]
         return _meta(seq, min_length=n.min_length, max_length=n.max_length)
     if isinstance(n, TupleNode):
-        return _TUPLE[tuple(_type(i, classes) for i in n.items)]
+        return _TUPLE[tuple(_type(i, classes, enums) for i in n.items)]
     if isinstance(n, DictNode):
         base: Any = getattr(builtins, "frozendict", dict) if n.frozen else dict
-        mapping = base[_type(n.key, classes), _type(n.value, classes)]
+        mapping = base[_type(n.key, classes, enums), _type(n.value, classes, enums)]
         return _meta(mapping, min_length=n.min_length, max_length=n.max_length)
     if isinstance(n, UnionNode):
-        return Union[tuple(_type(m, classes) for m in n.types)]  # noqa: UP007
+        return Union[tuple(_type(m, classes, enums) for m in n.types)]  # noqa: UP007
     return classes[n.index]
+
+
+def _enum_class(n: LiteralNode, enums: _Enums) -> Any:
+    """An Enum with the described names and values (one class per description)."""
+    assert n.enum_name is not None
+    key = (n.enum_name, n.values, n.member_names)
+    if key not in enums:
+        if len(n.member_names) != len(n.values):
+            return Literal[n.values]
+        members = list(zip(n.member_names, n.values, strict=True))
+        enums[key] = enum.Enum(n.enum_name, members, module=__name__)
+    return enums[key]
 
 
 # --- re-encoding ---------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The ``aqnode`` command: a thin click shell over the programmatic API.
 
 ``node`` holds the commands that run a node or talk to one over gRPC (serve, enqueue,
-status); ``dlq`` the dead-letter commands, which read the node's Redis; ``common`` what
-they share (finding the config, the node and its auth token).
+status); ``dlq`` the dead-letter commands, which read the node's Redis; ``introspect``
+and ``generate`` the registry's (SPEC 11), which read it too; ``common`` what they share
+(finding the config, the node and its auth token).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import click
 
 from aqnode.cli.dlq import dlq
+from aqnode.cli.generate import generate
+from aqnode.cli.introspect import introspect
 from aqnode.cli.node import enqueue, serve, status
 
 __all__ = ["main"]
@@ -30,6 +33,8 @@ def main() -> None:
       aqnode enqueue account GetBalance a-1 --data '{"account_id": "a-1"}' --wait
       aqnode status --json
       aqnode dlq list
+      aqnode introspect
+      aqnode generate --python -o clients/
     """
 
 
@@ -37,6 +42,8 @@ main.add_command(serve)
 main.add_command(enqueue)
 main.add_command(status)
 main.add_command(dlq)
+main.add_command(introspect)
+main.add_command(generate)
 
 
 if __name__ == "__main__":

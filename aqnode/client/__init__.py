@@ -8,7 +8,9 @@ fires many ``enqueue`` calls without awaiting each one still gets FIFO and group
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -24,6 +26,8 @@ from aqnode.client.connection import (
 )
 from aqnode.client.status import Member, NodeStatus, ShardStatus
 from aqnode.client.tls import Tls, credentials_for
+from aqnode.registry import Snapshot, decode_snapshot
+from aqnode.validation import Validator
 
 __all__ = [
     "MAX_CALL_BYTES",
@@ -31,6 +35,7 @@ __all__ = [
     "Member",
     "NodeStatus",
     "ShardStatus",
+    "Snapshot",
     "SyncClient",
     "SyncEntityClient",
     "Tls",
@@ -43,6 +48,10 @@ NO_TIMEOUT_WAIT_S = 3600.0  #: seconds; a wait with no timeout relies on the nod
 SEND_TIMEOUT_S = 30.0  #: seconds an enqueue waits for the node to acknowledge it
 CONNECT_TIMEOUT_S = 1.0  #: seconds connect() gives each node of several to answer
 TIMEOUT_GRACE_S = 2.0  #: seconds the client waits past a timeout for the node to say so
+REGISTRY_TIMEOUT_S = 5.0  #: seconds validate=True waits for the node's registry
+#: validate=True: a message the registry does not know makes the client read it again,
+#: at most this often (seconds), before it refuses the message as the node would
+REGISTRY_RECHECK_S = 1.0
 
 
 class Client(Bus):
@@ -58,6 +67,13 @@ class Client(Bus):
     ``tls=True`` speaks TLS and trusts the system's roots; ``tls=Tls(ca_file=...,
     cert_file=..., key_file=...)`` trusts that CA and presents that certificate (for a
     node with ``require_client_cert``). ``auth_token`` goes with every call.
+
+    With ``validate=True``, ``enqueue_raw`` and ``enqueue_and_wait_raw`` check the payload
+    against the registry (SPEC 11) before sending, with the node's own checks
+    (:mod:`aqnode.validation`), and raise the ``ValidationFailed`` the node would
+    (``INVALID_PAYLOAD`` naming the field, ``UNKNOWN_ENTITY_TYPE``, ``UNKNOWN_MESSAGE``);
+    nothing is sent. The client reads the registry from its node (the ``Registry`` RPC)
+    on its first raw send, and again when a message is not in it.
     """
 
     def __init__(
@@ -67,7 +83,12 @@ class Client(Bus):
         auth_token: str | None = None,
         tls: Tls | bool | None = None,
         follow_owners: bool = True,
+        validate: bool = False,
     ) -> None:
+        self.validate = validate
+        self._validator: Validator | None = None
+        self._validator_read_at = 0.0
+        self._fetch: asyncio.Future[Validator] | None = None
         self.addresses = parse_addresses(address)
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
         self._credentials = credentials_for(tls)  # read now: a bad file fails here
@@ -133,6 +154,55 @@ class Client(Bus):
                 last = exc
         raise last
 
+    async def registry(self, timeout: float = REGISTRY_TIMEOUT_S) -> Snapshot:
+        """The registry (SPEC 11) as the node serves it: every service group on its Redis,
+        with the node's own group as it handles it now."""
+        for _ in self.addresses:
+            address = self.address
+            try:
+                return decode_snapshot(await self._connection(address).registry(timeout))
+            except errors.AqError as exc:
+                if exc.code != errors.UNAVAILABLE or len(self.addresses) == 1:
+                    raise
+                self._went_away(address)
+                last = exc
+        raise last
+
+    # ---- validate=True ------------------------------------------------------------------
+
+    async def _check_raw(self, envelope: Envelope) -> None:
+        if not self.validate:
+            return
+        validator = self._validator
+        if validator is None or not _knows(validator, envelope):
+            recent = time.monotonic() - self._validator_read_at < REGISTRY_RECHECK_S
+            if validator is None or not recent or self._fetching:
+                validator = await self._read_registry()
+        validator.validate(
+            envelope.entity_type,
+            envelope.message,
+            envelope.entity_id,
+            envelope.payload,
+            envelope.content_type,
+        )
+
+    @property
+    def _fetching(self) -> bool:
+        return self._fetch is not None and not self._fetch.done()
+
+    async def _read_registry(self) -> Validator:
+        """The validator of the registry read now (one read for every caller meanwhile)."""
+        if not self._fetching:
+            self._fetch = asyncio.ensure_future(self._load_validator())
+        assert self._fetch is not None
+        return await asyncio.shield(self._fetch)
+
+    async def _load_validator(self) -> Validator:
+        snapshot = await self.registry()
+        self._validator = Validator(snapshot.message_entries())
+        self._validator_read_at = time.monotonic()
+        return self._validator
+
     # ---- routing ----------------------------------------------------------------------
 
     def _route(self, env: Envelope) -> tuple[str, str]:
@@ -173,6 +243,13 @@ class Client(Bus):
     ) -> list[SendResult]:
         for env in envelopes:
             check_size(env)
+        if self._fetching:
+            # validate=True reads the registry: calls made meanwhile wait for it too, and
+            # wake in the order they were made, so they keep their order behind the raw
+            # call that is waiting for it.
+            assert self._fetch is not None
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._fetch)
         timeout_ms = int(timeout * 1000) if timeout else 0
         # Group by destination, in order; each group goes out in one post.
         groups: dict[str, list[int]] = {}
@@ -218,6 +295,10 @@ class Client(Bus):
         return results
 
 
+def _knows(validator: Validator, envelope: Envelope) -> bool:
+    return envelope.message in validator.entity_types.get(envelope.entity_type, {})
+
+
 def parse_addresses(address: str | Sequence[str]) -> list[str]:
     """``"h1:p1,h2:p2"`` or a list of them: the nodes, in the order given, no repeats."""
     parts = address.split(",") if isinstance(address, str) else list(address)
@@ -259,11 +340,18 @@ class SyncClient:
         auth_token: str | None = None,
         tls: Tls | bool | None = None,
         follow_owners: bool = True,
+        validate: bool = False,
     ) -> None:
         self._loop = background_loop()
         self._closed = False
         self._client = self._run(
-            _make_client(address, auth_token=auth_token, tls=tls, follow_owners=follow_owners)
+            _make_client(
+                address,
+                auth_token=auth_token,
+                tls=tls,
+                follow_owners=follow_owners,
+                validate=validate,
+            )
         )
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -348,6 +436,10 @@ class SyncClient:
     def status(self, timeout: float = 5.0) -> NodeStatus:
         """The node's :class:`NodeStatus` (see :meth:`Client.status`)."""
         return self._run(self._client.status(timeout))
+
+    def registry(self, timeout: float = REGISTRY_TIMEOUT_S) -> Snapshot:
+        """The registry as the node serves it (see :meth:`Client.registry`)."""
+        return self._run(self._client.registry(timeout))
 
 
 class SyncEntityClient:

@@ -172,6 +172,18 @@ class Connection:
             raise rpc_error(exc, self.address) from None
         return status_from_pb(reply)
 
+    async def registry(self, timeout: float) -> bytes:
+        """The node's ``Registry`` reply as msgpack (:class:`aqnode.registry.Snapshot`)."""
+        try:
+            reply: pb.RegistryReply = await self._ensure_channel().Registry(
+                pb.RegistryRequest(content_type="application/msgpack"),
+                timeout=timeout,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc, self.address) from None
+        return bytes(reply.registry)
+
     async def close(self) -> None:
         if self._stream is not None:
             # A half-close first: the node finishes the stream, nothing is left pending.

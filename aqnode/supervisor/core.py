@@ -38,8 +38,9 @@ from aqnode.supervisor.live import (
 )
 from aqnode.supervisor.metrics import NodeMetrics
 from aqnode.supervisor.placement import STANDALONE, Placement
-from aqnode.supervisor.validation import Validator
+from aqnode.supervisor.registry import RegistryPublisher
 from aqnode.util.ring import HashRing, entity_key
+from aqnode.validation import Validator
 from aqnode.wal import (
     Applied,
     EnqueueEntry,
@@ -70,6 +71,8 @@ class NodeCore:
         self.draining = False
         self.redis_ok = True  # set by the supervisor's health check
         self.placement: Placement = STANDALONE  # cluster mode: the group member
+        #: publishes what the node handles to the registry (SPEC 11) and serves it
+        self.registry: RegistryPublisher | None = None
         #: cluster mode: the log refused a write because the group declared this node dead
         self.on_fenced: Callable[[], None] | None = None
         #: cluster mode: the node's membership lease lapsed (self-fencing): no new work,
@@ -122,6 +125,8 @@ class NodeCore:
     def learn(self, catalogue: list[MessageEntry]) -> None:
         """What the node handles, as the first ready shard described it (no user code)."""
         self.validator = Validator(catalogue)
+        if self.registry is not None:
+            self.registry.offer(catalogue)
 
     # ---- sends -----------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ import grpc
 
 from aqnode import errors
 from aqnode.bus import Envelope, SendResult
-from aqnode.catalogue import JSON
+from aqnode.catalogue import CONTENT_TYPES, JSON
+from aqnode.registry import Snapshot, encode_snapshot
 from aqnode.supervisor.core import Call, NodeCore
 from aqnode.util.batching import take_frame
 from aqnode.v1 import aqnode_pb2 as pb
@@ -156,6 +157,27 @@ class AqNodeService(pb_grpc.AqNodeServicer):
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusReply:
         await self._authenticate(context)
         return self._status()
+
+    async def Registry(self, request: pb.RegistryRequest, context: Any) -> pb.RegistryReply:
+        """The registry (SPEC 11): JSON as ``aqnode introspect --json`` prints it, or the
+        msgpack snapshot with wire descriptions (the client's ``validate=True``)."""
+        await self._authenticate(context)
+        content_type = request.content_type or JSON
+        if content_type not in CONTENT_TYPES:
+            await abort(
+                context,
+                errors.ValidationFailed(
+                    f"content type {content_type!r} is not one of {', '.join(CONTENT_TYPES)}",
+                    field="content_type",
+                ).to_dict(),
+            )
+        registry = self._core.registry
+        snapshot = await registry.snapshot() if registry is not None else Snapshot(groups=())
+        if content_type == JSON:
+            data = json.dumps(snapshot.introspect(), sort_keys=True).encode()
+        else:
+            data = encode_snapshot(snapshot)
+        return pb.RegistryReply(registry=data, content_type=content_type)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.ClientFrame], context: Any

@@ -37,6 +37,7 @@ from aqnode.supervisor.grpc_api import AqNodeService
 from aqnode.supervisor.live import Call
 from aqnode.supervisor.metrics import NodeMetrics, serve_metrics
 from aqnode.supervisor.peer_api import AqPeerService
+from aqnode.supervisor.registry import RegistryPublisher
 from aqnode.supervisor.shards import READ_AFTER_EXIT_S, ShardBootFailed, ShardLink
 from aqnode.supervisor.tls import NodeTls
 from aqnode.supervisor.validation import Validator
@@ -133,6 +134,7 @@ class Supervisor:
         except errors.RedisUnavailable as exc:
             raise errors.StartupError(f"reading the log at start failed: {exc.message}") from None
         self.core = NodeCore(self.config, Validator(), wal, self.shard_count)
+        registry = self.core.registry = RegistryPublisher(self._redis, self.config, self.server_id)
         requeued, interrupted = await self.core.recover(entries)
         if self.membership is not None:
             self.member = GroupMember(
@@ -171,6 +173,7 @@ class Supervisor:
             loop.create_task(self._health_loop()),
             loop.create_task(self._cleanup_loop()),
             loop.create_task(self._stall_loop()),
+            loop.create_task(registry.run()),  # publishes once the first shard is ready
         ]
         if self.membership is not None:
             # It keeps renewing the lease while the node drains (a lapse would end the

@@ -200,6 +200,20 @@ class Member(_message.Message):
     role: str
     def __init__(self, server_id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., role: _Optional[str] = ...) -> None: ...
 
+class RegistryRequest(_message.Message):
+    __slots__ = ("content_type",)
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    content_type: str
+    def __init__(self, content_type: _Optional[str] = ...) -> None: ...
+
+class RegistryReply(_message.Message):
+    __slots__ = ("registry", "content_type")
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    registry: bytes
+    content_type: str
+    def __init__(self, registry: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
 class PetitionRequest(_message.Message):
     __slots__ = ("epoch", "from_server_id", "entity_keys")
     EPOCH_FIELD_NUMBER: _ClassVar[int]

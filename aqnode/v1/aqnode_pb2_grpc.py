@@ -59,6 +59,11 @@ class AqNodeStub:
                 request_serializer=aqnode_dot_v1_dot_aqnode__pb2.StatusRequest.SerializeToString,
                 response_deserializer=aqnode_dot_v1_dot_aqnode__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Registry = channel.unary_unary(
+                '/aqnode.v1.AqNode/Registry',
+                request_serializer=aqnode_dot_v1_dot_aqnode__pb2.RegistryRequest.SerializeToString,
+                response_deserializer=aqnode_dot_v1_dot_aqnode__pb2.RegistryReply.FromString,
+                _registered_method=True)
 
 
 class AqNodeServicer:
@@ -94,6 +99,12 @@ class AqNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Registry(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AqNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_AqNodeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=aqnode_dot_v1_dot_aqnode__pb2.StatusRequest.FromString,
                     response_serializer=aqnode_dot_v1_dot_aqnode__pb2.StatusReply.SerializeToString,
+            ),
+            'Registry': grpc.unary_unary_rpc_method_handler(
+                    servicer.Registry,
+                    request_deserializer=aqnode_dot_v1_dot_aqnode__pb2.RegistryRequest.FromString,
+                    response_serializer=aqnode_dot_v1_dot_aqnode__pb2.RegistryReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +274,33 @@ class AqNode:
             '/aqnode.v1.AqNode/Status',
             aqnode_dot_v1_dot_aqnode__pb2.StatusRequest.SerializeToString,
             aqnode_dot_v1_dot_aqnode__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Registry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aqnode.v1.AqNode/Registry',
+            aqnode_dot_v1_dot_aqnode__pb2.RegistryRequest.SerializeToString,
+            aqnode_dot_v1_dot_aqnode__pb2.RegistryReply.FromString,
             options,
             channel_credentials,
             insecure,

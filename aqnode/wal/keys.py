@@ -21,6 +21,13 @@ that each group script touches one slot::
     <prefix>:{grp:<group>}:adopting:<id>  string  the node adopting dead member <id>'s log
     <prefix>:{grp:<group>}:fenced:<id>    string  set when <id> was declared dead and adopted
     <prefix>:{grp:<group>}:tokens         string  fencing-token counter (ctx.fencing_token)
+
+The registry (SPEC 11: what every node handles) shares one hash tag, ``{reg}``, so its
+scripts touch one slot; every key expires a day after the last publish::
+
+    <prefix>:{reg}:seen            zset    server id -> last publish (Redis time, ms)
+    <prefix>:{reg}:nodes           hash    server id -> node record (msgpack)
+    <prefix>:{reg}:cat:<digest>    string  a catalogue (msgpack), stored once per content
 """
 
 from __future__ import annotations
@@ -101,3 +108,23 @@ class GroupKeys:
 
     def fenced(self, server_id: str) -> str:
         return f"{self.base}:fenced:{server_id}"
+
+
+@dataclass(frozen=True)
+class RegistryKeys:
+    prefix: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{reg}}"
+
+    @property
+    def seen(self) -> str:
+        return f"{self.base}:seen"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.base}:nodes"
+
+    def catalogue(self, digest: str) -> str:
+        return f"{self.base}:cat:{digest}"
