@@ -168,6 +168,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     handlers: list[str] = []  # dotted module names, imported by the shards
     shards: AtLeastOne | Literal["auto"] = "auto"  # "auto": one per usable core
     listen: str = "127.0.0.1:50051"  # gRPC HOST:PORT, client and peer API
+    #: HOST:PORT of the native protocol (the Python client's fast path; TLS with [tls]);
+    #: None: only the node's Unix socket <data_dir>/native.sock
+    native_listen: str | None = None
     server_id: str | None = None  # None: generated once and kept in data_dir
     service_group: str = "default"
     data_dir: str = "./.aqnode"  # relative to the config file's directory
@@ -320,6 +323,14 @@ def _validate(cfg: NodeConfig) -> None:
             )
     if problem := _host_port_problem(cfg.listen):
         raise _Invalid("listen", problem)
+    if cfg.native_listen is not None:
+        if problem := _host_port_problem(cfg.native_listen):
+            raise _Invalid("native_listen", problem)
+        if cfg.native_listen in (cfg.listen, cfg.metrics_listen):
+            raise _Invalid(
+                "native_listen",
+                "Expected an address other than listen's and metrics_listen's",
+            )
     if cfg.metrics_listen is not None:
         if problem := _host_port_problem(cfg.metrics_listen):
             raise _Invalid("metrics_listen", problem)

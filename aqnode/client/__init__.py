@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aqnode import errors
 from aqnode.api import Message
@@ -26,8 +26,12 @@ from aqnode.client.connection import (
 )
 from aqnode.client.status import Member, NodeStatus, ShardStatus
 from aqnode.client.tls import Tls, credentials_for
+from aqnode.native import is_native
 from aqnode.registry import Snapshot, decode_snapshot
 from aqnode.validation import Validator
+
+if TYPE_CHECKING:
+    from aqnode.client.native import NativeConnection
 
 __all__ = [
     "MAX_CALL_BYTES",
@@ -92,9 +96,11 @@ class Client(Bus):
         self.addresses = parse_addresses(address)
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
         self._credentials = credentials_for(tls)  # read now: a bad file fails here
+        self._token = auth_token
+        self._tls = Tls() if tls is True else (tls or None)
         self._follow_owners = follow_owners
         self._primary = 0  #: index in addresses of the node sends go to by default
-        self._connections: dict[str, Connection] = {}
+        self._connections: dict[str, Connection | NativeConnection] = {}
         self._routes: dict[str, str] = {}  #: entity key -> its owner's address (learned)
         self._in_flight: dict[str, list[Any]] = {}  #: entity key -> [address, calls]
 
@@ -110,12 +116,17 @@ class Client(Bus):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _connection(self, address: str) -> Connection:
+    def _connection(self, address: str) -> Connection | NativeConnection:
         conn = self._connections.get(address)
         if conn is None:
-            conn = self._connections[address] = Connection(
-                address, self._metadata, credentials=self._credentials
-            )
+            if is_native(address):
+                # Imported when first used: a gRPC-only client loads no framing code.
+                from aqnode.client.native import NativeConnection
+
+                conn = NativeConnection(address, self._token, self._tls)
+            else:
+                conn = Connection(address, self._metadata, credentials=self._credentials)
+            self._connections[address] = conn
         return conn
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -126,7 +137,7 @@ class Client(Bus):
             for _ in self.addresses:
                 conn = self._connection(self.address)
                 try:
-                    await asyncio.wait_for(conn.channel.channel_ready(), timeout)
+                    await conn.ready(timeout)
                     break
                 except TimeoutError:
                     self._went_away(self.address)

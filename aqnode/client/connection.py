@@ -105,6 +105,10 @@ class Connection:
             self._stub = pb_grpc.AqNodeStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
+    async def ready(self, timeout: float) -> None:
+        """Wait until the node's channel is connected; TimeoutError after ``timeout``."""
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+
     def connect(self) -> None:
         """Open the stream if it is not open (no await: posts stay in call order)."""
         if self._stream is not None:

@@ -3,6 +3,7 @@ certificate, read from files when a channel is made."""
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,14 @@ class Tls:
             private_key=read_pem(self.key_file, "key file"),
             certificate_chain=read_pem(self.cert_file, "certificate file"),
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same trust and certificate for the native protocol's TCP connections."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            read_pem(self.cert_file, "certificate file")  # the same errors as gRPC's
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
 
 def read_pem(path: str | None, what: str) -> bytes | None:

@@ -216,9 +216,13 @@ class FrameChannel(Generic[In, Out]):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         incoming: object,
+        max_frame: int = MAX_FRAME_BYTES,
     ) -> None:
-        """``incoming``: the union ``In`` as a runtime object (a union is no ``type``)."""
+        """``incoming``: the union ``In`` as a runtime object (a union is no ``type``);
+        ``max_frame``: the largest frame read (a longer length is a ProtocolError) and the
+        size above which a tick's items are split over several frames."""
         self._reader = reader
+        self._max_frame = max_frame
         self._writer = writer
         self._encoder = msgspec.msgpack.Encoder()
         # GenericAlias is list[incoming], spelt so that a type checker accepts a value.
@@ -256,7 +260,7 @@ class FrameChannel(Generic[In, Out]):
     def _write(self, items: list[Out]) -> None:
         buf = bytearray(_LENGTH.size)
         self._encoder.encode_into(items, buf, _LENGTH.size)
-        if len(buf) - _LENGTH.size > MAX_FRAME_BYTES and len(items) > 1:
+        if len(buf) - _LENGTH.size > self._max_frame and len(items) > 1:
             # Many large items in one tick: several frames, never one the peer refuses.
             half = len(items) // 2
             self._write(items[:half])
@@ -311,8 +315,8 @@ class FrameChannel(Generic[In, Out]):
         except ConnectionError:  # reset: the peer died with our data unread
             return None
         (length,) = _LENGTH.unpack(header)
-        if length > MAX_FRAME_BYTES:
-            raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+        if length > self._max_frame:
+            raise ProtocolError(f"frame of {length} bytes exceeds {self._max_frame}")
         try:
             body = await self._reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -32,10 +32,12 @@ from aqnode.bus import Envelope, SendResult
 from aqnode.cluster.member import GroupMember
 from aqnode.cluster.membership import Membership
 from aqnode.config import NodeConfig, encode_config
+from aqnode.native import SOCKET_NAME
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
 from aqnode.supervisor.live import Call
 from aqnode.supervisor.metrics import NodeMetrics, serve_metrics
+from aqnode.supervisor.native_api import NativeServer
 from aqnode.supervisor.peer_api import AqPeerService
 from aqnode.supervisor.registry import RegistryPublisher
 from aqnode.supervisor.shards import READ_AFTER_EXIT_S, ShardBootFailed, ShardLink
@@ -103,12 +105,15 @@ class Supervisor:
         self._fenced_out = False  # declared dead by the group: stop without draining
         self._membership_task: asyncio.Task[None] | None = None
         self.tls: NodeTls | None = None  # [tls]: the gRPC port's and the peers' credentials
+        self._native: NativeServer | None = None
 
     # ---- start ------------------------------------------------------------------------
 
     async def run(self) -> int:
         # Before anything starts; gRPC would also log lines of its own on a taken port.
         _check_port_free(self.config.listen)
+        if self.config.native_listen is not None:
+            _check_port_free(self.config.native_listen, "native_listen")
         if self.config.tls is not None:
             self.tls = NodeTls(self.config.tls)  # a bad file: one line naming it, exit 2
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +189,7 @@ class Supervisor:
             if self.fatal is None and not self._stop_before_serving:
                 await self._start_metrics()
                 await self._start_grpc()
+                await self._start_native()
                 self._served = True
                 log.info(
                     "aqnode %s ready: %s listening on %s, %d shards, redis %s",
@@ -294,6 +300,37 @@ class Supervisor:
             raise errors.StartupError(f"cannot listen on {self.config.listen}: {exc}") from exc
         await server.start()
         self._server = server
+
+    async def _start_native(self) -> None:
+        """The native protocol (the Python client's fast path) on the node's Unix socket,
+        and on ``native_listen`` if set."""
+        assert self.core is not None
+        native = self._native = NativeServer(
+            self.core,
+            self.status,
+            self.server_id,
+            self.config.auth_token,
+            self.config.max_payload_bytes + 64 * 1024 * 1024,
+        )
+        path = self.data_dir / SOCKET_NAME
+        try:
+            await native.start_unix(path)
+        except OSError as exc:  # a data_dir path too long for a Unix socket, say
+            log.warning(
+                "no native Unix socket at %s (%s): local clients use gRPC or native_listen",
+                path,
+                exc.strerror or exc,
+            )
+        if self.config.native_listen is not None:
+            host, port = parse_host_port(self.config.native_listen, allow_zero=True)
+            context = None if self.tls is None else self.tls.ssl_context()
+            try:
+                await native.start_tcp(host, port, context)
+            except OSError as exc:
+                raise errors.StartupError(
+                    f"cannot listen on native_listen {self.config.native_listen}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
 
     async def _start_metrics(self) -> None:
         """Register the gauges and, with ``metrics_listen``, serve /metrics over HTTP."""
@@ -610,6 +647,8 @@ class Supervisor:
             await self.member.close()
         if self._server is not None:
             await self._server.stop(grace=1.0)
+        if self._native is not None:
+            await self._native.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
         if self._redis is not None:
@@ -739,7 +778,7 @@ def _cluster_metrics(metrics: NodeMetrics, member: GroupMember) -> None:
     )  # fmt: skip
 
 
-def _check_port_free(listen: str) -> None:
+def _check_port_free(listen: str, key: str = "listen") -> None:
     host, port = parse_host_port(listen, allow_zero=True)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -749,7 +788,7 @@ def _check_port_free(listen: str) -> None:
         except OSError as exc:
             raise errors.StartupError(
                 f"cannot listen on {listen}: {exc.strerror or exc}; is another node (or "
-                "program) using that port? Change `listen` in the config"
+                f"program) using that port? Change `{key}` in the config"
             ) from None
 
 

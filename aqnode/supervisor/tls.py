@@ -63,6 +63,21 @@ class NodeTls:
         self.config = cfg
         self._files = _read(cfg)
         self._pending: _Files | None = None  # a reload the next handshake picks up
+        self._context: ssl.SSLContext | None = None  # the native port's, made when asked
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The native protocol's TCP port: the same certificate, CA and client-certificate
+        rule as the gRPC port; :meth:`reload` updates it for new handshakes."""
+        if self._context is None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.config.cert_file, self.config.key_file)
+            if self.config.ca_file is not None:
+                context.load_verify_locations(cafile=self.config.ca_file)
+            context.verify_mode = (
+                ssl.CERT_REQUIRED if self.config.require_client_cert else ssl.CERT_NONE
+            )
+            self._context = context
+        return self._context
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
@@ -84,6 +99,8 @@ class NodeTls:
             log.error("SIGHUP: TLS files not reloaded, the current ones stay in use: %s", exc)
             return
         self._files = self._pending = files
+        if self._context is not None:  # checked above: the same files load here too
+            self._context.load_cert_chain(self.config.cert_file, self.config.key_file)
         log.info("SIGHUP: TLS certificates reloaded from %s", self.config.cert_file)
 
     def _certificate_configuration(self, files: _Files) -> grpc.ServerCertificateConfiguration:
