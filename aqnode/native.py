@@ -7,11 +7,11 @@ TCP (``native_listen``, TLS with ``[tls]``) or the node's Unix socket
 
 A connection opens with the client's :class:`Hello` (protocol version and auth token);
 the node answers :class:`Welcome` or :class:`Goodbye` (the error, then it closes). Then
-the client sends :class:`Send` items (one call each, with an id of its choosing) and
-:class:`AskStatus`; the node answers each call once with :class:`Answer`, in any order
-across entities, and status with :class:`StatusAnswer`. A frame the node cannot decode
-ends the connection with :class:`Goodbye`. Calls on one connection keep their order per
-entity, as on a gRPC ``Session`` stream.
+the client sends :class:`Send` items (one call each, with an id of its choosing),
+:class:`AskStatus` and :class:`AskRegistry`; the node answers each call once with
+:class:`Answer`, in any order across entities, and the others with their answers. A
+frame the node cannot decode ends the connection with :class:`Goodbye`. Calls on one
+connection keep their order per entity, as on a gRPC ``Session`` stream.
 
 Addresses: ``aq://HOST:PORT`` (TCP) and ``aq+unix:///path/to/native.sock``.
 """
@@ -57,7 +57,14 @@ class AskStatus(_Item):
     request_id: int
 
 
-ToNode = Hello | Send | AskStatus
+class AskRegistry(_Item):
+    """The registry snapshot (msgpack, :class:`aqnode.registry.Snapshot`), for the
+    client's ``validate=True``."""
+
+    request_id: int
+
+
+ToNode = Hello | Send | AskStatus | AskRegistry
 
 
 # ---- node -> client --------------------------------------------------------------------
@@ -84,7 +91,13 @@ class StatusAnswer(_Item):
     status: bytes  #: a serialized ``aqnode.v1.StatusReply``
 
 
-ToClient = Welcome | Goodbye | Answer | StatusAnswer
+class RegistryAnswer(_Item):
+    request_id: int
+    registry: bytes = b""  #: the msgpack snapshot
+    error: dict[str, Any] | None = None  #: the node could not read it (Redis away, say)
+
+
+ToClient = Welcome | Goodbye | Answer | StatusAnswer | RegistryAnswer
 
 
 def is_native(address: str) -> bool:

@@ -26,9 +26,11 @@ from aqnode.native import (
     TCP_SCHEME,
     UNIX_SCHEME,
     Answer,
+    AskRegistry,
     AskStatus,
     Goodbye,
     Hello,
+    RegistryAnswer,
     Send,
     StatusAnswer,
     ToClient,
@@ -54,7 +56,7 @@ class NativeConnection:
         self._outbox: list[ToNode] = []  #: posted before the Welcome, in order
         self._ids = itertools.count(1)
         self._futures: dict[int, asyncio.Future[SendResult]] = {}
-        self._asks: dict[int, asyncio.Future[bytes]] = {}
+        self._asks: dict[int, asyncio.Future[StatusAnswer | RegistryAnswer]] = {}
         self.failures = 0  #: connections that broke since the last answer
         self.server_id = ""
 
@@ -106,25 +108,34 @@ class NativeConnection:
                 del self._futures[call_id]
 
     async def status(self, timeout: float) -> NodeStatus:
-        self.connect()
-        request_id = next(self._ids)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._asks[request_id] = future
-        self._put(AskStatus(request_id))
-        try:
-            data = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            self._asks.pop(request_id, None)
-            raise errors.Unavailable(f"{self.address} did not answer in time") from None
+        answer = await self._ask(AskStatus(next(self._ids)), timeout)
+        assert isinstance(answer, StatusAnswer)
         reply = pb.StatusReply()
-        reply.ParseFromString(data)
+        reply.ParseFromString(answer.status)
         return status_from_pb(reply)
 
     async def registry(self, timeout: float) -> bytes:
-        raise errors.Unavailable(
-            f"{self.address} is a native address; the registry is read over gRPC: give the "
-            "client the node's gRPC address (HOST:PORT) for validate=True"
+        """The node's registry snapshot (msgpack), for ``validate=True``."""
+        answer = await self._ask(AskRegistry(next(self._ids)), timeout)
+        assert isinstance(answer, RegistryAnswer)
+        if answer.error is not None:
+            raise errors.AqError.from_dict(answer.error)
+        return answer.registry
+
+    async def _ask(
+        self, item: AskStatus | AskRegistry, timeout: float
+    ) -> StatusAnswer | RegistryAnswer:
+        self.connect()
+        future: asyncio.Future[StatusAnswer | RegistryAnswer] = (
+            asyncio.get_running_loop().create_future()
         )
+        self._asks[item.request_id] = future
+        self._put(item)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._asks.pop(item.request_id, None)
+            raise errors.Unavailable(f"{self.address} did not answer in time") from None
 
     async def close(self) -> None:
         opening, self._opening = self._opening, None
@@ -200,10 +211,10 @@ class NativeConnection:
             future = self._futures.pop(item.call_id, None)
             if future is not None and not future.done():
                 future.set_result(item.result)
-        elif isinstance(item, StatusAnswer):
+        elif isinstance(item, StatusAnswer | RegistryAnswer):
             ask = self._asks.pop(item.request_id, None)
             if ask is not None and not ask.done():
-                ask.set_result(item.status)
+                ask.set_result(item)
         elif isinstance(item, Goodbye):
             raise errors.AqError.from_dict(item.error)
 

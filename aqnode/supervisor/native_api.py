@@ -28,15 +28,18 @@ from aqnode.native import (
     HELLO_TIMEOUT_S,
     PROTOCOL,
     Answer,
+    AskRegistry,
     AskStatus,
     Goodbye,
     Hello,
+    RegistryAnswer,
     Send,
     StatusAnswer,
     ToClient,
     ToNode,
     Welcome,
 )
+from aqnode.registry import Snapshot, encode_snapshot
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.live import Call
 from aqnode.v1 import aqnode_pb2 as pb
@@ -66,6 +69,7 @@ class NativeServer:
         self._max_frame = max_frame
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
+        self._asks: set[asyncio.Task[None]] = set()  #: registry reads under way
         self.socket_path: Path | None = None
         self.tcp_address = ""
 
@@ -171,9 +175,26 @@ class NativeServer:
                     calls = []
                 status = self._status().SerializeToString()
                 channel.send(StatusAnswer(item.request_id, status))
+            elif isinstance(item, AskRegistry):
+                task = asyncio.get_running_loop().create_task(
+                    self._registry(channel, item.request_id)
+                )
+                self._asks.add(task)
+                task.add_done_callback(self._asks.discard)
             # a second Hello is ignored: the connection is already open
         if calls:
             self._core.submit(calls)
+
+    async def _registry(self, channel: Channel, request_id: int) -> None:
+        registry = self._core.registry
+        try:
+            snapshot = await registry.snapshot() if registry is not None else Snapshot(groups=())
+        except errors.AqError as exc:
+            answer = RegistryAnswer(request_id, error=exc.to_dict())
+        else:
+            answer = RegistryAnswer(request_id, encode_snapshot(snapshot))
+        if not channel.closed:
+            channel.send(answer)
 
     def _goodbye(self, channel: Channel, error: errors.AqError) -> None:
         channel.send(Goodbye(error.to_dict()))

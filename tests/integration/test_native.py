@@ -230,3 +230,16 @@ def test_many_silent_connections_do_not_wedge_the_node(native_node: Node) -> Non
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_validate_reads_the_registry_over_the_native_socket(native_node: Node) -> None:
+    address = address_of(native_node, "native-unix")
+
+    def registry_ready() -> bool:
+        with SyncClient(address) as client:
+            return bool(client.registry().message_entries())
+
+    wait_for(registry_ready, timeout=20)
+    with SyncClient(address, validate=True) as client, pytest.raises(AqError) as bad:
+        client.enqueue_raw("counter", "Incr", "v", {"name": "v", "by": "many"})
+    assert bad.value.code == "INVALID_PAYLOAD" and "by" in bad.value.message
