@@ -6,6 +6,7 @@ type, fields with types, constraints and defaults), then the types they use.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from typing import Any
@@ -61,6 +62,7 @@ def render(snapshot: Snapshot, model: Model, now: float | None = None) -> str:
         for m in messages:
             reply = _type(m.info.reply.root, m.info.reply, model)
             out.append(f"  {m.info.kind} {m.wire_name} -> {reply}")
+            out += _summary(m.struct, "    ")
             out += _fields(m.struct, model, "      ")
     if model.structs or model.enums:
         out += ["", "types"]
@@ -69,6 +71,7 @@ def render(snapshot: Snapshot, model: Model, now: float | None = None) -> str:
             out.append(f"  {e.name}  enum: {members}")
         for s in model.structs:
             out.append(f"  {s.name}{_options(s)}")
+            out += _summary(s, "    ")
             out += _fields(s, model, "      ")
     return "\n".join(out) + "\n"
 
@@ -80,6 +83,12 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m ago"
     return f"{seconds / 3600:.1f}h ago"
+
+
+def _summary(s: StructDef, indent: str) -> list[str]:
+    """The first line of the class's docstring, if it has one."""
+    lines = inspect.cleandoc(s.desc.doc or "").strip().splitlines()
+    return [f"{indent}{lines[0]}"] if lines else []
 
 
 def _options(s: StructDef) -> str:
