@@ -36,9 +36,11 @@ from aqnode.errors import AqError, ValidationFailed
 from aqnode.examples import bank as bank_module
 from aqnode.registry import Snapshot, merge
 from aqnode.wal.registry import RegistryStore
+from aqnode.wal.url import async_client, sync_client
 from tests.handlers import orders as orders_module
 from tests.integration.test_dlq_offline import managed_redis_servers
 from tests.node_fixture import Node, node_env, running_node
+from tests.redis_cluster_fixture import RedisClusterServer
 from tests.redis_fixture import RedisServer, free_port, wait_for
 from tests.tsc_fixture import check_strict, tsc
 
@@ -499,6 +501,33 @@ def test_entries_expire_after_their_ttl_and_share_one_hash_slot(
     asyncio.run(publish("new", 86400))
     assert sorted(redis_client.zrange(f"{prefix}:{{reg}}:seen", 0, -1)) == [b"new", b"old"]
     assert sorted(redis_client.hkeys(f"{prefix}:{{reg}}:nodes")) == [b"new", b"old"]
+
+
+def test_the_registry_runs_on_a_redis_cluster(redis_cluster: RedisClusterServer) -> None:
+    """Published and read through redis+cluster:// as a node and the CLI do: the keys
+    share one slot, so each script runs on the master that owns it."""
+    redis_cluster.flush()
+
+    async def publish() -> None:
+        client = async_client(redis_cluster.url)
+        try:
+            store = RegistryStore(client, "aq", 86400)
+            record = msgspec.msgpack.encode({"server_id": "n-1", "catalogue": "sha256:c"})
+            assert await store.publish("n-1", record, "sha256:c", b"catalogue")
+            assert await store.publish("n-1", record, "sha256:c", None)  # a refresh
+            view = await store.read()
+            assert [r for r, _ in view.records] == [record]
+            assert view.catalogues == {"sha256:c": b"catalogue"}
+        finally:
+            await client.aclose()
+
+    asyncio.run(publish())
+    client = sync_client(redis_cluster.url)
+    try:
+        view = RegistryStore(client, "aq", 86400).read_sync()
+    finally:
+        client.close()
+    assert view.catalogues == {"sha256:c": b"catalogue"}
 
 
 # --- failures are one line -------------------------------------------------------------------
