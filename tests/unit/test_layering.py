@@ -81,6 +81,7 @@ def test_the_client_imports_only_shared_modules_and_the_stubs() -> None:
 
 def test_shared_modules_import_no_process_role() -> None:
     shared = ("aqnode.api", "aqnode.bus", "aqnode.context", "aqnode.errors", "aqnode.catalogue")
+    shared += ("aqnode.wiretypes", "aqnode.validation", "aqnode.registry", "aqnode.codegen")
     banned = ("aqnode.supervisor", "aqnode.shard", "aqnode.wal", "aqnode.ipc", "redis", "grpc")
     assert [o for mod in shared for o in _offenders(mod, banned)] == []
 
