@@ -202,6 +202,8 @@ class NodeSpec:
     #: ``[cluster]`` keys and values; empty = no ``[cluster]`` table (a standalone node)
     cluster: tuple[tuple[str, bool | int | str], ...] = ()
     env: tuple[tuple[str, str], ...] = ()  #: extra environment variables for the node
+    #: ``[tls]`` keys and values; empty = no ``[tls]`` table (plaintext gRPC)
+    tls: tuple[tuple[str, bool | int | str], ...] = ()
 
 
 @dataclass
@@ -259,6 +261,8 @@ def node_config(directory: Path, redis_url: str, port: int, spec: NodeSpec) -> s
                 "reply_timeout_ms = 600000",
                 *(["[cluster]"] if spec.cluster else []),
                 *(f"{key} = {_toml_value(value)}" for key, value in spec.cluster),
+                *(["[tls]"] if spec.tls else []),
+                *(f"{key} = {_toml_value(value)}" for key, value in spec.tls),
             ]
         )
         + "\n"
@@ -309,8 +313,9 @@ def aqnode_serve(workdir: Path, redis_url: str, spec: NodeSpec) -> Iterator[Node
         _stop_group(node.proc, STOP_TIMEOUT_S)
 
 
-async def wait_ready(node: NodeProc) -> Any:
+async def wait_ready(node: NodeProc, client_options: dict[str, Any] | None = None) -> Any:
     """Poll ``Client.status()`` until it answers and every shard is alive.
+    ``client_options`` go to each ``Client`` (e.g. ``tls=Tls(...)`` for a TLS node).
 
     A fresh Client per attempt, so that the benchmark's own Client never saw a failed
     stream (at commit de78e83 such a Client kept a stale writer task that failed its
@@ -323,7 +328,7 @@ async def wait_ready(node: NodeProc) -> Any:
                 f"bench: aqnode serve exited with {node.proc.returncode}:\n{tail(node.log_path)}"
             )
         try:
-            async with Client(node.address) as client:
+            async with Client(node.address, **(client_options or {})) as client:
                 status = await client.status(timeout=2.0)
             if status.shards and all(s.alive for s in status.shards):
                 return status
