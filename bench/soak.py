@@ -68,6 +68,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -672,13 +673,89 @@ class Storm:
 # ---- checks ---------------------------------------------------------------------------------
 
 
-def fault_before(faults: list[Fault], t: float) -> str:
+def fault_before(faults: Sequence[Fault], t: float) -> str:
     """The kind of the last fault that started before ``t`` (wall clock)."""
     kind = "before any fault"
     for f in faults:
         if f.started <= t:
             kind = f.kind
     return kind
+
+
+def duplicate_ids(rows: Sequence[Row]) -> list[str]:
+    """Message ids with more than one execution."""
+    runs = Counter(r.mid for r in rows)
+    return sorted(mid for mid, n in runs.items() if n > 1)
+
+
+def fifo_breaks(
+    rows: Sequence[Row], acked: Mapping[str, tuple[str, str, int]]
+) -> tuple[list[str], int, int]:
+    """FIFO per entity and sender over ``rows`` (sorted by time): the acknowledged
+    messages that ran after a later seq of theirs, the breaks that involve an
+    unacknowledged message (counted apart: a refused or broken-off enqueue may have landed
+    anyway), and the rows whose entity, sender and seq differ from what was acknowledged."""
+    fifo_acked: list[str] = []
+    fifo_unacked = 0
+    last_acked: dict[tuple[str, str], int] = defaultdict(lambda: -1)
+    last_any: dict[tuple[str, str], int] = defaultdict(lambda: -1)
+    mismatched = 0
+    for r in rows:
+        key = (r.entity, r.sender)
+        meta = acked.get(r.mid)
+        if meta is not None:
+            if meta != (r.entity, r.sender, r.seq):
+                mismatched += 1
+            if r.seq <= last_acked[key]:
+                fifo_acked.append(
+                    f"{r.entity} ran {r.sender}:{r.seq} after "
+                    f"{r.sender}:{last_acked[key]} ({r.mid})"
+                )
+            last_acked[key] = max(last_acked[key], r.seq)
+        elif r.seq <= last_any[key]:
+            fifo_unacked += 1
+        last_any[key] = max(last_any[key], r.seq)
+    return fifo_acked, fifo_unacked, mismatched
+
+
+@dataclass
+class DeadLetterFigures:
+    reasons: Counter[str]
+    #: the kind of the fault before each dead letter -> "<reason> ran|never ran" -> count
+    by_kind: dict[str, Counter[str]]
+    ran_after_dead: list[str]  #: dead letters whose first execution is later
+    interrupted_ran: int  #: dead-lettered ``interrupted`` whose handler had started
+    interrupted_never: int
+
+
+def dead_letter_figures(
+    rows: Sequence[Row], letters: Sequence[DeadLetter], faults: Sequence[Fault]
+) -> DeadLetterFigures:
+    """The dead letters against what ran (``rows`` sorted by time)."""
+    first_run: dict[str, Row] = {}
+    for r in rows:
+        first_run.setdefault(r.mid, r)
+    reasons = Counter(d.reason for d in letters)
+    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
+    ran_after_dead: list[str] = []
+    for d in letters:
+        ran = d.id in first_run
+        kind = fault_before(faults, d.dead_lettered_at)
+        label = f"{d.reason} ran" if ran else f"{d.reason} never ran"
+        by_kind[kind][label] += 1
+        if ran and first_run[d.id].ts > d.dead_lettered_at:
+            ran_after_dead.append(
+                f"{d.id}: dead-lettered {d.dead_lettered_at:.6f}, ran {first_run[d.id].ts:.6f}"
+            )
+    interrupted = [d for d in letters if d.reason == "interrupted"]
+    interrupted_ran = sum(1 for d in interrupted if d.id in first_run)
+    return DeadLetterFigures(
+        reasons,
+        by_kind,
+        ran_after_dead,
+        interrupted_ran,
+        len(interrupted) - interrupted_ran,
+    )
 
 
 def analyse(
@@ -688,10 +765,7 @@ def analyse(
     assert load is not None
     rows = sorted(rows, key=lambda r: r.ts)
     runs = Counter(r.mid for r in rows)
-    first_run = {}
-    for r in rows:
-        first_run.setdefault(r.mid, r)
-    duplicates = sorted(mid for mid, n in runs.items() if n > 1)
+    duplicates = duplicate_ids(rows)
 
     # overlaps: too-close starts, and interleaved shard processes, per entity
     by_entity: dict[str, list[Row]] = defaultdict(list)
@@ -720,43 +794,13 @@ def analyse(
                 )
 
     # FIFO per entity and sender: acked messages only (others counted apart)
-    fifo_acked: list[str] = []
-    fifo_unacked = 0
-    last_acked: dict[tuple[str, str], int] = defaultdict(lambda: -1)
-    last_any: dict[tuple[str, str], int] = defaultdict(lambda: -1)
-    mismatched = 0
-    for r in rows:
-        key = (r.entity, r.sender)
-        meta = load.acked.get(r.mid)
-        if meta is not None:
-            if meta != (r.entity, r.sender, r.seq):
-                mismatched += 1
-            if r.seq <= last_acked[key]:
-                fifo_acked.append(
-                    f"{r.entity} ran {r.sender}:{r.seq} after "
-                    f"{r.sender}:{last_acked[key]} ({r.mid})"
-                )
-            last_acked[key] = max(last_acked[key], r.seq)
-        elif r.seq <= last_any[key]:
-            fifo_unacked += 1
-        last_any[key] = max(last_any[key], r.seq)
+    fifo_acked, fifo_unacked, mismatched = fifo_breaks(rows, load.acked)
 
     # dead letters
     dlq_ids = {d.id for d in letters}
-    reasons = Counter(d.reason for d in letters)
-    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
-    ran_after_dead: list[str] = []
-    for d in letters:
-        ran = d.id in runs
-        kind = fault_before(storm.faults, d.dead_lettered_at)
-        label = f"{d.reason} ran" if ran else f"{d.reason} never ran"
-        by_kind[kind][label] += 1
-        if ran and first_run[d.id].ts > d.dead_lettered_at:
-            ran_after_dead.append(
-                f"{d.id}: dead-lettered {d.dead_lettered_at:.6f}, ran {first_run[d.id].ts:.6f}"
-            )
-    interrupted_ran = sum(1 for d in letters if d.reason == "interrupted" and d.id in runs)
-    interrupted_never = sum(1 for d in letters if d.reason == "interrupted" and d.id not in runs)
+    figures = dead_letter_figures(rows, letters, storm.faults)
+    reasons, by_kind, ran_after_dead = figures.reasons, figures.by_kind, figures.ran_after_dead
+    interrupted_ran, interrupted_never = figures.interrupted_ran, figures.interrupted_never
 
     # lost: acked, neither ran nor dead-lettered; where does the log say they are?
     lost = [mid for mid in load.acked if mid not in runs and mid not in dlq_ids]
