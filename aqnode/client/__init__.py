@@ -53,6 +53,10 @@ SEND_TIMEOUT_S = 30.0  #: seconds an enqueue waits for the node to acknowledge i
 CONNECT_TIMEOUT_S = 1.0  #: seconds connect() gives each node of several to answer
 TIMEOUT_GRACE_S = 2.0  #: seconds the client waits past a timeout for the node to say so
 REGISTRY_TIMEOUT_S = 5.0  #: seconds validate=True waits for the node's registry
+DISCOVERY_TIMEOUT_S = 2.0  #: seconds to learn and open a node's native endpoint
+#: "auto": the native protocol wherever the node offers it (its Unix socket on the same
+#: host, else its native_listen), gRPC until it is open; "grpc": gRPC only
+TRANSPORTS = ("auto", "grpc")
 #: validate=True: a message the registry does not know makes the client read it again,
 #: at most this often (seconds), before it refuses the message as the node would
 REGISTRY_RECHECK_S = 1.0
@@ -88,7 +92,15 @@ class Client(Bus):
         tls: Tls | bool | None = None,
         follow_owners: bool = True,
         validate: bool = False,
+        transport: str = "auto",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport is one of {', '.join(TRANSPORTS)}, not {transport!r}")
+        self.transport = transport
+        #: auto: a node's native connection, found in the background, and taken in place
+        #: of its gRPC one once that has no call in flight (so no call overtakes another)
+        self._upgrades: dict[str, NativeConnection] = {}
+        self._discovering: set[asyncio.Task[None]] = set()
         self.validate = validate
         self._validator: Validator | None = None
         self._validator_read_at = 0.0
@@ -126,8 +138,46 @@ class Client(Bus):
                 conn = NativeConnection(address, self._token, self._tls)
             else:
                 conn = Connection(address, self._metadata, credentials=self._credentials)
+                if self.transport == "auto":
+                    self._discover(address, conn)
             self._connections[address] = conn
+        elif address in self._upgrades and conn.idle:
+            old, conn = conn, self._upgrades.pop(address)
+            self._connections[address] = conn
+            self._spawn(old.close())
         return conn
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._discovering.add(task)
+        task.add_done_callback(self._discovering.discard)
+
+    def _discover(self, address: str, conn: Connection) -> None:
+        """Ask the node (over gRPC) where its native protocol listens; connect there."""
+        self._spawn(self._find_native(address, conn))
+
+    async def _find_native(self, address: str, conn: Connection) -> None:
+        from aqnode.client.native import NativeConnection, candidates
+
+        try:
+            status = await conn.status(DISCOVERY_TIMEOUT_S)
+        except errors.AqError:
+            return  # unreachable or refused: the calls themselves say why
+        for candidate in candidates(address, status.native_socket, status.native_address):
+            native = NativeConnection(candidate, self._token, self._tls)
+            try:
+                await native.ready(DISCOVERY_TIMEOUT_S)
+            except TimeoutError:
+                await native.close()
+                continue
+            if native.server_id != status.server_id:  # another host's path, say
+                await native.close()
+                continue
+            if self._connections.get(address) is conn:
+                self._upgrades[address] = native
+            else:
+                await native.close()
+            return
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
         """Open the ``Session`` stream to the first node that answers (sends open it
@@ -144,6 +194,12 @@ class Client(Bus):
         self._connection(self.address).connect()
 
     async def close(self) -> None:
+        for task in list(self._discovering):
+            task.cancel()
+        await asyncio.gather(*self._discovering, return_exceptions=True)
+        upgrades, self._upgrades = list(self._upgrades.values()), {}
+        for native in upgrades:
+            await native.close()
         connections, self._connections = list(self._connections.values()), {}
         for conn in connections:
             await conn.close()
@@ -352,6 +408,7 @@ class SyncClient:
         tls: Tls | bool | None = None,
         follow_owners: bool = True,
         validate: bool = False,
+        transport: str = "auto",
     ) -> None:
         self._loop = background_loop()
         self._closed = False
@@ -362,6 +419,7 @@ class SyncClient:
                 tls=tls,
                 follow_owners=follow_owners,
                 validate=validate,
+                transport=transport,
             )
         )
 

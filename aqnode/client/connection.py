@@ -84,6 +84,11 @@ class Connection:
     def open(self) -> bool:
         return self._stream is not None
 
+    @property
+    def idle(self) -> bool:
+        """No call of this connection waits for its answer."""
+        return not self._futures
+
     def _ensure_channel(self) -> pb_grpc.AqNodeStub:
         if self._stub is None:
             options = [

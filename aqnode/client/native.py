@@ -11,8 +11,11 @@ the next post opens a new one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import ssl
+import stat
 
 from aqnode import errors
 from aqnode.bus import Envelope, SendResult
@@ -63,6 +66,10 @@ class NativeConnection:
     @property
     def open(self) -> bool:
         return self._opening is not None
+
+    @property
+    def idle(self) -> bool:
+        return not self._futures
 
     async def ready(self, timeout: float) -> None:
         """Wait until the node said Welcome; TimeoutError after ``timeout`` or if the
@@ -234,6 +241,26 @@ class NativeConnection:
         for ask in asks.values():
             if not ask.done():
                 ask.set_exception(error)
+
+
+def candidates(grpc_address: str, socket: str, tcp: str) -> list[str]:
+    """Where to try a node's native protocol, best first: its Unix socket when that path
+    is a socket on this host (the Welcome's server id then proves it is the same node),
+    then its TCP address, with a wildcard host replaced by the one ``grpc_address`` dials."""
+    found = []
+    if socket.startswith(UNIX_SCHEME):
+        path = socket[len(UNIX_SCHEME) :]
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.stat(path).st_mode) and os.access(path, os.R_OK | os.W_OK):
+                found.append(socket)
+    if tcp.startswith(TCP_SCHEME):
+        host, port = parse_host_port(tcp[len(TCP_SCHEME) :])
+        if host in ("0.0.0.0", "::", ""):
+            host = parse_host_port(grpc_address)[0]
+        found.append(
+            f"{TCP_SCHEME}[{host}]:{port}" if ":" in host else f"{TCP_SCHEME}{host}:{port}"
+        )
+    return found
 
 
 def _unreachable(address: str, exc: BaseException) -> errors.AqError:

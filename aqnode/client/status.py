@@ -54,6 +54,10 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     uptime_s: float
     live_messages: int  #: enqueued or dispatched, not yet finished
     shards: list[ShardStatus]
+    #: the native protocol: "aq://HOST:PORT" (native_listen) or ""; its Unix socket as
+    #: "aq+unix:///path", or "" when it has none
+    native_address: str = ""
+    native_socket: str = ""
 
     def to_json(self, indent: int = 2) -> str:
         """The document ``aqnode status --json`` prints."""
@@ -74,6 +78,8 @@ def status_from_pb(reply: pb.StatusReply) -> NodeStatus:
         uptime_s=float(reply.uptime_s),
         live_messages=int(reply.live_messages),
         shards=[_shard(s) for s in reply.shards],
+        native_address=reply.native_address,
+        native_socket=reply.native_socket,
     )
 
 

@@ -32,7 +32,7 @@ from aqnode.bus import Envelope, SendResult
 from aqnode.cluster.member import GroupMember
 from aqnode.cluster.membership import Membership
 from aqnode.config import NodeConfig, encode_config
-from aqnode.native import SOCKET_NAME
+from aqnode.native import SOCKET_NAME, TCP_SCHEME, UNIX_SCHEME
 from aqnode.supervisor.core import NodeCore
 from aqnode.supervisor.grpc_api import AqNodeService
 from aqnode.supervisor.live import Call
@@ -313,14 +313,17 @@ class Supervisor:
             self.config.max_payload_bytes + 64 * 1024 * 1024,
         )
         path = self.data_dir / SOCKET_NAME
-        try:
-            await native.start_unix(path)
-        except OSError as exc:  # a data_dir path too long for a Unix socket, say
-            log.warning(
-                "no native Unix socket at %s (%s): local clients use gRPC or native_listen",
-                path,
-                exc.strerror or exc,
-            )
+        # A plaintext socket next to a TLS port would let local clients skip the
+        # client-certificate check: with [tls], native_listen (TLS) or gRPC only.
+        if self.tls is None:
+            try:
+                await native.start_unix(path)
+            except OSError as exc:  # a data_dir path too long for a Unix socket, say
+                log.warning(
+                    "no native Unix socket at %s (%s): local clients use gRPC or native_listen",
+                    path,
+                    exc.strerror or exc,
+                )
         if self.config.native_listen is not None:
             host, port = parse_host_port(self.config.native_listen, allow_zero=True)
             context = None if self.tls is None else self.tls.ssl_context()
@@ -693,6 +696,7 @@ class Supervisor:
                     info.alive = False
             shards.append(info)
         role, master, epoch, members = "standalone", self.server_id, 0, []
+        native = self._native or _NO_NATIVE
         if self.membership is not None:
             state = self.membership.state
             role, master, epoch = self.membership.role, state.master, state.epoch
@@ -713,7 +717,17 @@ class Supervisor:
             shards=shards,
             live_messages=len(self.core.live) if self.core else 0,
             version=__version__,
+            native_address=f"{TCP_SCHEME}{native.tcp_address}" if native.tcp_address else "",
+            native_socket=f"{UNIX_SCHEME}{native.socket_path}" if native.socket_path else "",
         )
+
+
+class _NoNative:
+    tcp_address = ""
+    socket_path = None
+
+
+_NO_NATIVE = _NoNative()
 
 
 def _adopted_call(

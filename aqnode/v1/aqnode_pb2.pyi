@@ -161,7 +161,7 @@ class ShardStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., alive: _Optional[bool] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., queue_depth: _Optional[int] = ..., handled: _Optional[int] = ..., restarts: _Optional[int] = ..., handled_per_s: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("server_id", "service_group", "listen", "role", "master", "epoch", "pid", "uptime_s", "shards", "live_messages", "version", "members")
+    __slots__ = ("server_id", "service_group", "listen", "role", "master", "epoch", "pid", "uptime_s", "shards", "live_messages", "version", "members", "native_address", "native_socket")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_GROUP_FIELD_NUMBER: _ClassVar[int]
     LISTEN_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,8 @@ class StatusReply(_message.Message):
     LIVE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_SOCKET_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     service_group: str
     listen: str
@@ -186,7 +188,9 @@ class StatusReply(_message.Message):
     live_messages: int
     version: str
     members: _containers.RepeatedCompositeFieldContainer[Member]
-    def __init__(self, server_id: _Optional[str] = ..., service_group: _Optional[str] = ..., listen: _Optional[str] = ..., role: _Optional[str] = ..., master: _Optional[str] = ..., epoch: _Optional[int] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., live_messages: _Optional[int] = ..., version: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+    native_address: str
+    native_socket: str
+    def __init__(self, server_id: _Optional[str] = ..., service_group: _Optional[str] = ..., listen: _Optional[str] = ..., role: _Optional[str] = ..., master: _Optional[str] = ..., epoch: _Optional[int] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., live_messages: _Optional[int] = ..., version: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., native_address: _Optional[str] = ..., native_socket: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("server_id", "address", "alive", "role")

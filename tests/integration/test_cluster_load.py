@@ -13,7 +13,7 @@ import redis
 
 from aqnode.client import Client
 from tests.handlers.testkit import Span, WhoRuns
-from tests.integration.test_cluster_placement import group, kill_node, shard_pids
+from tests.integration.test_cluster_placement import IDS, group, kill_node, log_store, shard_pids
 from tests.redis_fixture import wait_for
 
 ENTITIES = 200
@@ -51,7 +51,24 @@ def test_three_senders_on_three_nodes_share_entities_with_one_nodes_guarantees(
         node_of_pid = {pid: n.address for n in nodes for pid in shard_pids(n)}
         acked = asyncio.run(all_senders([n.address for n in nodes]))
         assert len(acked) == len(set(acked)) == 3 * ENTITIES * PER_SENDER
-        wait_for(lambda: sum(r.llen(f"t:span:{n}") for n in names) == len(acked), timeout=60)
+        try:
+            wait_for(lambda: sum(r.llen(f"t:span:{n}") for n in names) == len(acked), timeout=60)
+        except AssertionError:
+            ran_ids = {rec[3] for name in names for rec in spans(r, name)}
+            store = log_store(redis_url, log_url)
+            missing = [mid for mid in acked if mid not in ran_ids][:5]
+            states = {
+                mid: {
+                    n.address: store.hget(f"aq:{{{sid}}}:m:{mid}", "state")
+                    for n, sid in zip(nodes, IDS, strict=True)
+                }
+                for mid in missing
+            }
+            raise AssertionError(
+                f"{len(acked) - len(ran_ids)} acknowledged messages did not run in 60 s; "
+                f"some, with their state in each node's log: {states}; statuses: "
+                f"{[n.status().live_messages for n in nodes]}"
+            ) from None
         ran: list[str] = []
         homes: dict[str, set[str]] = defaultdict(set)
         for name in names:

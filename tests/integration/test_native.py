@@ -243,3 +243,39 @@ def test_validate_reads_the_registry_over_the_native_socket(native_node: Node) -
     with SyncClient(address, validate=True) as client, pytest.raises(AqError) as bad:
         client.enqueue_raw("counter", "Incr", "v", {"name": "v", "by": "many"})
     assert bad.value.code == "INVALID_PAYLOAD" and "by" in bad.value.message
+
+
+def test_a_client_given_the_grpc_address_moves_to_the_native_socket(native_node: Node) -> None:
+    """transport="auto" (the default): the node's status names its native endpoints, the
+    client opens one in the background and takes it once no call is in flight."""
+    status = native_node.status()
+    assert status.native_socket.startswith("aq+unix://") and status.native_address
+
+    async def run() -> tuple[str, str]:
+        async with (
+            Client(native_node.address) as auto,
+            Client(native_node.address, transport="grpc") as pinned,
+        ):
+
+            async def moved() -> bool:
+                await auto.enqueue_and_wait(Incr(name="auto"))
+                await pinned.enqueue_and_wait(Incr(name="auto"))
+                return type(auto._connection(auto.address)).__name__ == "NativeConnection"
+
+            deadline = time.monotonic() + 10
+            while not await moved():
+                assert time.monotonic() < deadline, "the client never moved to native"
+            return (
+                type(auto._connection(auto.address)).__name__,
+                type(pinned._connection(pinned.address)).__name__,
+            )
+
+    assert asyncio.run(run()) == ("NativeConnection", "Connection")
+
+
+def test_with_tls_there_is_no_plaintext_native_socket(tmp_path: Path, redis_url: str) -> None:
+    pki = make_pki(tmp_path / "pki")
+    tls = {"cert_file": str(pki.node.cert), "key_file": str(pki.node.key), "ca_file": str(pki.ca)}
+    with running_node(tmp_path / "n", redis_url, tls=tls) as node:
+        assert node.status().native_socket == ""
+        assert not (node.config_path.parent / "data" / "native.sock").exists()
