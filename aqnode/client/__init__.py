@@ -54,6 +54,7 @@ CONNECT_TIMEOUT_S = 1.0  #: seconds connect() gives each node of several to answ
 TIMEOUT_GRACE_S = 2.0  #: seconds the client waits past a timeout for the node to say so
 REGISTRY_TIMEOUT_S = 5.0  #: seconds validate=True waits for the node's registry
 DISCOVERY_TIMEOUT_S = 2.0  #: seconds to learn and open a node's native endpoint
+CLOSE_WAIT_S = 1.0  #: seconds close() waits for background work it cancelled
 #: "auto": the native protocol wherever the node offers it (its Unix socket on the same
 #: host, else its native_listen), gRPC until it is open; "grpc": gRPC only
 TRANSPORTS = ("auto", "grpc")
@@ -170,6 +171,9 @@ class Client(Bus):
             except TimeoutError:
                 await native.close()
                 continue
+            except asyncio.CancelledError:  # the client closed meanwhile
+                await native.close()
+                raise
             if native.server_id != status.server_id:  # another host's path, say
                 await native.close()
                 continue
@@ -194,9 +198,11 @@ class Client(Bus):
         self._connection(self.address).connect()
 
     async def close(self) -> None:
-        for task in list(self._discovering):
+        pending = list(self._discovering)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._discovering, return_exceptions=True)
+        if pending:  # bounded: a connection that will not close must not hang the client
+            await asyncio.wait(pending, timeout=CLOSE_WAIT_S)
         upgrades, self._upgrades = list(self._upgrades.values()), {}
         for native in upgrades:
             await native.close()

@@ -196,18 +196,19 @@ class NativeConnection:
                 host, port, ssl=context, server_hostname=host if context else None
             )
         channel: Channel = FrameChannel(reader, writer, ToClient, CLIENT_FRAME_BYTES)
-        channel.send(Hello(PROTOCOL, self._token))
-        items = await channel.receive()
-        if not items:
+        try:
+            channel.send(Hello(PROTOCOL, self._token))
+            items = await channel.receive()
+            if not items:
+                raise errors.Unavailable(f"{self.address} closed the connection before Welcome")
+            first = items[0]
+            if isinstance(first, Goodbye):
+                raise errors.AqError.from_dict(first.error)
+            if not isinstance(first, Welcome):
+                raise errors.Unavailable(f"{self.address} does not speak the native protocol")
+        except BaseException:  # refused, broken, timed out or cancelled: no socket left open
             channel.close()
-            raise errors.Unavailable(f"{self.address} closed the connection before Welcome")
-        first = items[0]
-        if isinstance(first, Goodbye):
-            channel.close()
-            raise errors.AqError.from_dict(first.error)
-        if not isinstance(first, Welcome):
-            channel.close()
-            raise errors.Unavailable(f"{self.address} does not speak the native protocol")
+            raise
         self.server_id = first.server_id
         for item in items[1:]:
             self._deliver(item)

@@ -34,7 +34,7 @@ from aqnode.config import NodeConfig
 from aqnode.util.ring import entity_key
 from aqnode.wal import InterruptEntry, LogKeys, LogState, WriteAheadLog
 from aqnode.wal.group import GroupStore
-from aqnode.wal.log import Applied, Outcome, Refused
+from aqnode.wal.log import Applied, Outcome, Refused, TombstoneEntry
 
 if TYPE_CHECKING:
     from aqnode.supervisor.live import Call
@@ -74,6 +74,7 @@ class Adoption:
         self._submit = submit
         self._make_call = make_call
         self._ttl_ms = config.cluster.node_ttl_ms if config.cluster else 1500
+        self._redis = redis
         self.log = WriteAheadLog(
             redis,
             LogKeys(config.key_prefix, dead),
@@ -102,24 +103,32 @@ class Adoption:
         self.keys = {entity_key(e["entity_type"], e["entity_id"]) for e in self.entries}
         return True
 
-    async def run(self, place: Callable[[str, int], None], release: Callable[[str], None]) -> None:
-        """Interrupt what may have been running, move the rest; ``place(key)`` decides an
-        entity's new owner before its messages go, ``release(key)`` lets petitions for it
-        through once they have."""
-        await self._interrupt()
+    async def run(self, place: Callable[[str, int], str], release: Callable[[str], None]) -> None:
+        """Interrupt what may have been running, move the rest; ``place(key, token)``
+        decides an entity's new owner (returned) before its messages go, ``release(key)``
+        lets petitions for it through once they have."""
+        interrupted = await self._interrupt()
         queues: dict[str, list[dict[str, Any]]] = {}
         for entry in self.entries:  # log order
             if entry.get("state") == LogState.ENQUEUED:
                 queues.setdefault(entity_key(entry["entity_type"], entry["entity_id"]), []).append(
                     entry
                 )
+        # A new owner, a new fencing token: larger than any the entity had before.
+        placed = list(dict.fromkeys([*queues, *interrupted]))
+        last = await self._store.next_tokens(max(len(placed), 1))
+        tokens = {key: last - len(placed) + 1 + i for i, key in enumerate(placed)}
+        owners = {key: place(key, tokens[key]) for key in placed}
+        # The interrupted messages' ids become known at their entities' new owners before
+        # anything may reach those: a resend under the same id is answered INTERRUPTED
+        # there instead of running a message that may have started here.
+        by_owner: dict[str, list[TombstoneEntry]] = {}
+        for key, entries in interrupted.items():
+            by_owner.setdefault(owners[key], []).extend(entries)
+        for owner, entries in by_owner.items():
+            await self._tombstones(owner, entries)
         for key in self.keys - queues.keys():
             release(key)
-        # A new owner, a new fencing token: larger than any the entity had before.
-        last = await self._store.next_tokens(max(len(queues), 1))
-        tokens = {key: last - len(queues) + 1 + i for i, key in enumerate(queues)}
-        for key in queues:
-            place(key, tokens[key])
         while queues:
             if not await self._store.adopt(self.dead, self.me, self._ttl_ms, HOLD_MS):
                 raise AdoptionFailed(f"lost the right to adopt {self.dead}'s log")
@@ -146,10 +155,24 @@ class Adoption:
                     f"{len(failed)} messages of {self.dead} could not move yet, e.g. {failed[0]}"
                 )
 
-    async def _interrupt(self) -> None:
+    async def _tombstones(self, owner: str, entries: list[TombstoneEntry]) -> None:
+        log_of_owner = WriteAheadLog(
+            self._redis,
+            LogKeys(self._config.key_prefix, owner),
+            entry_ttl_s=self._config.wal.entry_ttl_s,
+            clock=time.time,
+        )
+        try:
+            await log_of_owner.tombstone(entries, self.dead)
+        finally:
+            await log_of_owner.close()
+
+    async def _interrupt(self) -> dict[str, list[TombstoneEntry]]:
+        """Interrupt the `dispatched` entries; what was dead-lettered, per entity key."""
         running = [e for e in self.entries if e.get("state") == LogState.DISPATCHED]
+        found: dict[str, list[TombstoneEntry]] = {}
         if not running:
-            return
+            return found
         entries = []
         for e in running:
             error = errors.Interrupted(
@@ -160,13 +183,23 @@ class Adoption:
                 InterruptEntry(e["id"], self._retries(e), msgspec.msgpack.encode(error.to_dict()))
             )
         outcomes = await _committed(self.log.interrupt, entries)
-        for e, outcome in zip(running, outcomes, strict=True):
+        for e, entry, outcome in zip(running, entries, outcomes, strict=True):
             match outcome:
                 case Applied(to=LogState.ENQUEUED):
                     e["state"] = LogState.ENQUEUED  # on_interrupt = "retry": it moves too
                 case Applied():
                     e["state"] = LogState.INTERRUPTED
                     self.interrupted += 1
+                    key = entity_key(e["entity_type"], e["entity_id"])
+                    found.setdefault(key, []).append(
+                        TombstoneEntry(
+                            e["id"],
+                            e["entity_type"],
+                            e.get("message", ""),
+                            e["entity_id"],
+                            entry.error,
+                        )
+                    )
                     log.warning(
                         "%s %s of %s:%s was interrupted by the death of node %s and dead-lettered",
                         e.get("message"),
@@ -179,6 +212,7 @@ class Adoption:
                     e["state"] = state  # it finished after all (before the fence): nothing to do
                 case _:
                     raise AdoptionFailed(f"interrupting {e['id']} failed: {outcome}")
+        return found
 
     def _retries(self, entry: dict[str, Any]) -> bool:
         etype = str(entry.get("entity_type", ""))

@@ -280,12 +280,15 @@ class MasterDuties:
         self.moving.pop(key, None)
         self._moved(key)
 
-    def _place(self, key: str, token: int, table: AssignmentTable) -> None:
+    def _place(self, key: str, token: int, table: AssignmentTable) -> str:
+        """Give ``key`` its new owner (with ``token``); the owner's server id."""
         state = self._state()
         live = [m.server_id for m in state.members if m.alive and m.server_id in table.reported]
         if self.server_id not in live:
             live.append(self.server_id)
-        self._placed(key, table.resolve(key, live, self._usable), token)
+        owner = table.resolve(key, live, self._usable)
+        self._placed(key, owner, token)
+        return owner
 
     async def _pull(self, table: AssignmentTable, sid: str, address: str) -> None:
         try:

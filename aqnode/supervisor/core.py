@@ -365,7 +365,7 @@ class NodeCore:
         state = fields.get("state", state)
         if state == LogState.COMPLETED:
             call.reply(converted(message_id, fields.get("reply", b""), call.envelope.content_type))
-        elif state == LogState.FAILED and fields.get("error"):
+        elif state in (LogState.FAILED, LogState.INTERRUPTED) and fields.get("error"):
             call.reply(SendResult(message_id, False, error=msgspec.msgpack.decode(fields["error"])))
         else:
             call.reply(

@@ -80,7 +80,7 @@ Callback = Callable[[list[Outcome]], None]
 #: The order kinds are applied in within one commit: an outcome lands before the next
 #: dispatch of the same entity that travelled in the same frame.
 KINDS: Final = ("finish", "retry", "interrupt", "undispatch", "dispatch", "enqueue")
-SCRIPTS: Final = (*KINDS, "cleanup", "dlq_take", "hand_over")
+SCRIPTS: Final = (*KINDS, "cleanup", "dlq_take", "hand_over", "tombstone")
 MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVAL; bounds one script's run time
 MAX_IN_FLIGHT: Final = 2  #: commits sent and not yet answered (double buffering)
 
@@ -113,6 +113,15 @@ class InterruptEntry:
     message_id: str
     retry: bool  # on_interrupt = "retry" with attempts left: back to `enqueued`
     error: bytes
+
+
+@dataclass(slots=True)
+class TombstoneEntry:
+    message_id: str
+    entity_type: str
+    message: str
+    entity_id: str
+    error: bytes  #: msgpack of the INTERRUPTED error, what a resend is answered with
 
 
 @dataclass(slots=True)
@@ -265,6 +274,19 @@ class WriteAheadLog:
                 "hand_over", keys, [repr(self._clock()), adopter, *message_ids]
             )
         return [outcome_of("hand_over", reply, i) for i in range(len(message_ids))]
+
+    async def tombstone(self, entries: Sequence[TombstoneEntry], interrupted_on: str) -> None:
+        """Adoption (cluster mode): these messages were interrupted by the death of node
+        ``interrupted_on``; this log (their entities' new owner's) records them as
+        `interrupted`, so a resend under the same id runs nothing. Ids it knows stay."""
+        if not entries:
+            return
+        keys = [self.keys.done, *(self.keys.entry(e.message_id) for e in entries)]
+        args: list[Any] = [self._ttl, repr(self._clock())]
+        for e in entries:
+            args += [e.message_id, e.entity_type, e.message, e.entity_id, e.error, interrupted_on]
+        with translated("Redis (recording interrupted messages at their new owner)"):
+            await self._run_script("tombstone", keys, args)
 
     async def _run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._shas:

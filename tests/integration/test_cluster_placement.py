@@ -313,6 +313,13 @@ def test_a_dead_nodes_queued_messages_run_on_the_survivors_in_order(
             letters = {d.id: d for d in DeadLetterQueue(store, "aq").entries()}
             assert letters[running].reason == "interrupted"
             assert r.llen(f"t:span:{name}") == 0  # it never finished, and never ran again
+            # Resent under its id (its sender never heard back), it is known at the new
+            # owner as interrupted: answered INTERRUPTED, not run a second time.
+            with pytest.raises(AqError) as again:
+                client.enqueue_and_wait(Span(name=name, ms=1), message_id=running, timeout=10)
+            assert again.value.code == "INTERRUPTED", again.value
+            assert client.enqueue(Span(name=name, ms=1), message_id=running) == running
+            assert r.lrange(f"t:span-start:{name}", 0, -1) == [running.encode()]
             # Its new owner is a survivor, and it answers there.
             assert owner_of_pid[client.enqueue_and_wait(WhoRuns(name=name))] != victim
 
