@@ -171,8 +171,8 @@ class Client(Bus):
             except TimeoutError:
                 await native.close()
                 continue
-            except asyncio.CancelledError:  # the client closed meanwhile
-                await native.close()
+            except asyncio.CancelledError:  # the client closed meanwhile: no await here
+                native.drop()
                 raise
             if native.server_id != status.server_id:  # another host's path, say
                 await native.close()

@@ -145,11 +145,18 @@ class NativeConnection:
             raise errors.Unavailable(f"{self.address} did not answer in time") from None
 
     async def close(self) -> None:
+        opening = self.drop()
+        if opening is not None:
+            await asyncio.gather(opening, return_exceptions=True)
+
+    def drop(self) -> asyncio.Task[None] | None:
+        """Close without waiting (from a task being cancelled): the connection's task is
+        cancelled and closes its socket when it runs next; returned for those who wait."""
         opening, self._opening = self._opening, None
         if opening is not None:
             opening.cancel()
-            await asyncio.gather(opening, return_exceptions=True)
         self._fail_all(errors.Unavailable("the client was closed"))
+        return opening
 
     # ---- the connection ---------------------------------------------------------------
 
