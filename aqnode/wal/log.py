@@ -324,8 +324,7 @@ class WriteAheadLog:
         try:
             while self._pending or in_flight:
                 if not self._pending or len(in_flight) >= MAX_IN_FLIGHT:
-                    await asyncio.wait([in_flight[0]])
-                    in_flight.popleft()
+                    await in_flight.popleft()  # only ever set_result: never raises
                     continue
                 batch, self._pending = self._pending, []
                 in_flight.append(await self._commit(batch))
@@ -369,7 +368,8 @@ class WriteAheadLog:
                 result = future.result()
                 for request, first_call, first_item in spans:
                     self._deliver(request, result, first_call, first_item)
-            done.set_result(None)
+            if not done.done():  # the commit loop was cancelled meanwhile (never, today)
+                done.set_result(None)
 
         replies.add_done_callback(delivered)
         return done

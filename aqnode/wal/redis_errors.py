@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Final
 
 import redis.exceptions as redis_exc
+from redis._parsers.base import BaseParser
 
 from aqnode import errors
 
@@ -33,6 +34,16 @@ SLOT_ELSEWHERE: tuple[type[BaseException], ...] = (
     redis_exc.ClusterDownError,
     redis_exc.TryAgainError,
 )
+
+
+def error_reply(text: str) -> Exception:
+    """An error reply's text as the exception redis-py would have made of it
+    (``NOSCRIPT ...`` a NoScriptError, ``MOVED ...`` a MovedError, ``LOADING ...`` a
+    BusyLoadingError: not an ERROR_REPLY but a connection failure)."""
+    error: Exception = BaseParser.parse_error(text)
+    return error
+
+
 #: every failure of a call to Redis, answered or not
 FAILURES: tuple[type[BaseException], ...] = (*UNREACHABLE, REFUSED)
 

@@ -24,8 +24,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from aqnode.wal.redis_errors import ERROR_REPLY, SLOT_ELSEWHERE
+from aqnode.wal.resp_parse import ReplyParser, ReplyProtocolError
 
 Arg = bytes | str | int
+READ_SIZE = 1 << 18  #: bytes asked of the socket per read: a big commit's replies at once
 
 
 def pack(args: Sequence[Arg]) -> list[bytes]:
@@ -60,29 +62,33 @@ class PipelinedConnection:
         self._reader: asyncio.Task[None] | None = None
         self._reader_conn: Any = None
         self._opening = asyncio.Lock()
+        self._timeout: float | None = None  #: the socket time-out of the reader's connection
+        self._deadline: asyncio.Timeout | None = None  #: the reader's, while it reads
 
     async def send(self, commands: Sequence[Sequence[Arg]]) -> asyncio.Future[list[Any]]:
         data: list[bytes] = []
         for command in commands:
             data.extend(pack(command))
-        conn = await self._connection()
+        conn = self._conn if self._conn is not None else await self._connection()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        try:
-            await conn.send_packed_command(b"".join(data), check_health=False)
-        except BaseException as exc:
-            await self._broken(conn, exc)
-            raise
-        if conn is not self._conn:
-            # The connection broke (or was abandoned) while this batch was being written:
-            # no reader will ever read its replies. Its outcome is unknown: fail it, as
-            # for the batches that were waiting (never leave a commit without an answer).
-            future.set_exception(ConnectionError("the connection broke while writing"))
-            await conn.disconnect()
+        writer = conn._writer  # redis-py's stream, after its handshake (AUTH, HELLO, SELECT)
+        if writer is None or writer.is_closing():
+            # The connection broke (or was abandoned) before this batch was written: no
+            # reader will read its replies. Its outcome: not applied, but fail it like the
+            # batches that were waiting (never leave a commit without an answer).
+            await self._broken(conn, ConnectionError("the connection to Redis closed"))
+            future.set_exception(ConnectionError("the connection to Redis closed"))
             return future
+        # Straight into the transport (no drain: at most MAX_IN_FLIGHT commits are unread,
+        # so the buffer stays small); the reply waits in _waiting in send order.
+        writer.write(b"".join(data))
         self._waiting.append((len(commands), future))
         if self._reader is None or self._reader.done() or self._reader_conn is not conn:
             self._reader_conn = conn  # a reader still bound to a dead connection exits
+            self._timeout = conn.socket_timeout
             self._reader = asyncio.get_running_loop().create_task(self._read(conn))
+        elif len(self._waiting) == 1:
+            self._arm_deadline()
         return future
 
     async def _connection(self) -> Any:
@@ -109,28 +115,59 @@ class PipelinedConnection:
         return node.connection_class(**node.connection_kwargs)
 
     async def _read(self, conn: Any) -> None:
+        """Take the replies in send order, for as long as the connection lives: whole
+        reads through :class:`ReplyParser`, so one wake-up serves every reply that came
+        together. While replies are owed, a socket time-out without a byte breaks the
+        connection (a frozen Redis); an idle connection waits without one."""
+        reader: asyncio.StreamReader = conn._reader
+        parser = ReplyParser()
+        replies: list[Any] = []  # of the batch at the head of _waiting
+        loop = asyncio.get_running_loop()
         try:
-            while self._waiting and conn is self._conn:
-                count, future = self._waiting[0]
-                replies: list[Any] = []
-                for _ in range(count):
-                    try:
-                        replies.append(await conn.read_response())
-                    except ERROR_REPLY as exc:
-                        replies.append(exc)
-                if conn is not self._conn:  # abandoned meanwhile: the new queue is not ours
-                    return
-                self._waiting.popleft()
-                if not future.done():
-                    future.set_result(replies)
-                if any(isinstance(r, SLOT_ELSEWHERE) for r in replies):
-                    self._topology_stale = True
-                    await self._broken(conn, ConnectionError("the log's slot moved"))
-                    return
+            async with asyncio.timeout(None) as deadline:
+                self._deadline = deadline
+                self._arm_deadline()
+                while conn is self._conn:
+                    data = await reader.read(READ_SIZE)
+                    if not data:
+                        raise ConnectionError("Redis closed the connection")
+                    for reply in parser.feed(data):
+                        if conn is not self._conn:  # abandoned meanwhile: not our queue now
+                            return
+                        if not self._waiting:
+                            raise ReplyProtocolError("Redis sent a reply nobody asked for")
+                        if isinstance(reply, Exception) and not isinstance(reply, ERROR_REPLY):
+                            raise reply  # LOADING, NOAUTH, ...: the connection is not usable
+                        replies.append(reply)
+                        count, future = self._waiting[0]
+                        if len(replies) < count:
+                            continue
+                        self._waiting.popleft()
+                        batch, replies = replies, []
+                        if not future.done():
+                            future.set_result(batch)
+                        if any(isinstance(r, SLOT_ELSEWHERE) for r in batch):
+                            self._topology_stale = True
+                            await self._broken(conn, ConnectionError("the log's slot moved"))
+                            return
+                    if not self._waiting and parser.buffered:
+                        raise ReplyProtocolError("Redis sent a reply nobody asked for")
+                    timeout = self._timeout
+                    deadline.reschedule(
+                        loop.time() + timeout if self._waiting and timeout else None
+                    )
         except BaseException as exc:
             await self._broken(conn, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+        finally:
+            self._deadline = None
+
+    def _arm_deadline(self) -> None:
+        """Replies are owed and the reader waits without a deadline: give it one."""
+        deadline, timeout = self._deadline, self._timeout
+        if deadline is not None and timeout and deadline.when() is None:
+            deadline.reschedule(asyncio.get_running_loop().time() + timeout)
 
     async def _broken(self, conn: Any, exc: BaseException) -> None:
         if conn is not self._conn:
