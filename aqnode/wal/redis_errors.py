@@ -40,7 +40,7 @@ def error_reply(text: str) -> Exception:
     """An error reply's text as the exception redis-py would have made of it
     (``NOSCRIPT ...`` a NoScriptError, ``MOVED ...`` a MovedError, ``LOADING ...`` a
     BusyLoadingError: not an ERROR_REPLY but a connection failure)."""
-    error: Exception = BaseParser.parse_error(text)
+    error: Exception = BaseParser.parse_error(text)  # type: ignore[no-untyped-call]
     return error
 
 
