@@ -347,9 +347,12 @@ class Client(Bus):
         else:
             limit = NO_TIMEOUT_WAIT_S if wait else SEND_TIMEOUT_S
         try:
-            results: list[SendResult] = list(
-                await asyncio.wait_for(asyncio.gather(*futures), limit)
-            )
+            results: list[SendResult]
+            if len(futures) == 1:  # one call: no gather, no wait_for task (3 fewer loop turns)
+                async with asyncio.timeout(limit):
+                    results = [await futures[0]]
+            else:
+                results = list(await asyncio.wait_for(asyncio.gather(*futures), limit))
         except TimeoutError:
             for address, indexes in groups.items():
                 self._connection(address).forget([futures[i] for i in indexes])

@@ -351,27 +351,24 @@ class WriteAheadLog:
                 chunk = items[start : start + MAX_SCRIPT_BATCH]
                 calls.append(["EVAL", self._bodies[kind], *self._script_args(kind, chunk, now)])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        try:
-            replies = await self._raw.send(calls)
-        except Exception as exc:
-            self._failed(spans, exc)
-            done.set_result(None)
-            return done
 
-        def delivered(future: asyncio.Future[list[Any]]) -> None:
-            # Replies come back in send order, so callbacks run in commit order.
-            exc = None if future.cancelled() else future.exception()
-            if future.cancelled() or exc is not None:
-                self._failed(spans, exc or ConnectionError("cancelled"))
+        def delivered(replies: resp.Replies) -> None:
+            # Called from the socket's data_received, in send order: callbacks run in
+            # commit order, with no task switch between Redis's reply and the callers.
+            if isinstance(replies, BaseException):
+                self._failed(spans, replies)
             else:
                 self.commits += 1
-                result = future.result()
                 for request, first_call, first_item in spans:
-                    self._deliver(request, result, first_call, first_item)
+                    self._deliver(request, replies, first_call, first_item)
             if not done.done():  # the commit loop was cancelled meanwhile (never, today)
                 done.set_result(None)
 
-        replies.add_done_callback(delivered)
+        try:
+            await self._raw.post(calls, delivered)
+        except Exception as exc:  # no connection: nothing was written
+            self._failed(spans, exc)
+            done.set_result(None)
         return done
 
     def _failed(self, spans: list[tuple[_Request, int, int]], exc: BaseException) -> None:

@@ -5,7 +5,7 @@ one, and its pool does locking and bookkeeping on every checkout; a commit carri
 several arguments per message, so these costs dominated the supervisor's profile. Here a
 whole commit is packed with one ``bytes.join`` and written at once, and the next commit
 may be written before the previous one's replies are back: Redis runs the commands of
-one connection in order, so the log's order is the order of :meth:`send` calls. One
+one connection in order, so the log's order is the order of :meth:`post` calls. One
 reader takes the replies in that same order.
 
 On a Redis Cluster the connection goes to the primary that holds the log's hash slot;
@@ -16,8 +16,9 @@ reply, and the next batch asks the cluster where the slot lives now.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,8 +27,9 @@ from redis.asyncio.cluster import RedisCluster
 from aqnode.wal.redis_errors import ERROR_REPLY, SLOT_ELSEWHERE
 from aqnode.wal.resp_parse import ReplyParser, ReplyProtocolError
 
+log = logging.getLogger(__name__)
+
 Arg = bytes | str | int
-READ_SIZE = 1 << 18  #: bytes asked of the socket per read: a big commit's replies at once
 
 
 def pack(args: Sequence[Arg]) -> list[bytes]:
@@ -45,12 +47,20 @@ def pack(args: Sequence[Arg]) -> list[bytes]:
     return parts
 
 
+Replies = list[Any] | BaseException  #: a batch's replies, or why it has none
+OnReplies = Callable[[Replies], None]
+
+
 class PipelinedConnection:
     """One dedicated connection, made from the client's settings, (re)opened on demand.
 
-    :meth:`send` writes at once and returns a future of the replies; a command's error
-    reply stands in its place. A broken connection fails every batch in flight (their
-    outcome is unknown) and is thrown away; the next send opens a new one.
+    :meth:`post` writes at once; the batch's callback gets its replies (a command's error
+    reply stands in its place) straight from the socket's ``data_received``, with no
+    task to wake in between. A broken connection fails every batch in flight (their
+    outcome is unknown) and is thrown away; the next post opens a new one.
+
+    The connection is redis-py's (it does the handshake: TLS, AUTH, HELLO, SELECT); once
+    it is up, its transport is handed to a :class:`_ReplyProtocol` of ours.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, slot_key: str = "") -> None:
@@ -58,46 +68,59 @@ class PipelinedConnection:
         self._slot_key = slot_key  #: a key of the log's hash slot (Redis Cluster)
         self._topology_stale = False
         self._conn: Any = None
-        self._waiting: deque[tuple[int, asyncio.Future[list[Any]]]] = deque()
-        self._reader: asyncio.Task[None] | None = None
-        self._reader_conn: Any = None
+        self._protocol: _ReplyProtocol | None = None
         self._opening = asyncio.Lock()
-        self._timeout: float | None = None  #: the socket time-out of the reader's connection
-        self._deadline: asyncio.Timeout | None = None  #: the reader's, while it reads
+        self._closing: set[asyncio.Task[None]] = set()  #: redis-py's disconnects under way
 
     async def send(self, commands: Sequence[Sequence[Arg]]) -> asyncio.Future[list[Any]]:
+        """:meth:`post` with a future of the replies."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+        def done(replies: Replies) -> None:
+            if future.done():
+                return
+            if isinstance(replies, BaseException):
+                future.set_exception(replies)
+            else:
+                future.set_result(replies)
+
+        await self.post(commands, done)
+        return future
+
+    async def post(self, commands: Sequence[Sequence[Arg]], done: OnReplies) -> None:
+        """Write ``commands`` now; ``done`` gets their replies, or the exception that
+        ended the connection first (then their outcome is unknown), exactly once. Raises
+        (and never calls ``done``) if no connection could be opened."""
         data: list[bytes] = []
         for command in commands:
             data.extend(pack(command))
-        conn = self._conn if self._conn is not None else await self._connection()
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        writer = conn._writer  # redis-py's stream, after its handshake (AUTH, HELLO, SELECT)
-        if writer is None or writer.is_closing():
-            # The connection broke (or was abandoned) before this batch was written: no
-            # reader will read its replies. Its outcome: not applied, but fail it like the
-            # batches that were waiting (never leave a commit without an answer).
-            await self._broken(conn, ConnectionError("the connection to Redis closed"))
-            future.set_exception(ConnectionError("the connection to Redis closed"))
-            return future
-        # Straight into the transport (no drain: at most MAX_IN_FLIGHT commits are unread,
-        # so the buffer stays small); the reply waits in _waiting in send order.
-        writer.write(b"".join(data))
-        self._waiting.append((len(commands), future))
-        if self._reader is None or self._reader.done() or self._reader_conn is not conn:
-            self._reader_conn = conn  # a reader still bound to a dead connection exits
-            self._timeout = conn.socket_timeout
-            self._reader = asyncio.get_running_loop().create_task(self._read(conn))
-        elif len(self._waiting) == 1:
-            self._arm_deadline()
-        return future
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connection()  # raises: then ``done`` is never called
+        # Straight into the transport (no drain: the log keeps at most MAX_IN_FLIGHT
+        # commits unanswered, so the buffer stays small).
+        protocol.write(b"".join(data), len(commands), done)
 
-    async def _connection(self) -> Any:
+    async def _connection(self) -> _ReplyProtocol:
         async with self._opening:
-            if self._conn is None:
+            protocol = self._protocol
+            if protocol is None or protocol.closed:
                 conn = await self._new_connection()
                 await conn.connect()
                 self._conn = conn
-            return self._conn
+                protocol = self._protocol = _ReplyProtocol(conn, self._lost)
+            return protocol
+
+    def _lost(self, protocol: _ReplyProtocol, slot_moved: bool) -> None:
+        if slot_moved:
+            self._topology_stale = True
+        if protocol is self._protocol:
+            self._protocol = None
+            conn, self._conn = self._conn, None
+            # redis-py's object still thinks it is connected: let it close its side too
+            task = asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _new_connection(self) -> Any:
         client = self._client
@@ -114,83 +137,131 @@ class PipelinedConnection:
         # a dedicated connection made like the node's own (its pool is redis-py's)
         return node.connection_class(**node.connection_kwargs)
 
-    async def _read(self, conn: Any) -> None:
-        """Take the replies in send order, for as long as the connection lives: whole
-        reads through :class:`ReplyParser`, so one wake-up serves every reply that came
-        together. While replies are owed, a socket time-out without a byte breaks the
-        connection (a frozen Redis); an idle connection waits without one."""
-        reader: asyncio.StreamReader = conn._reader
-        parser = ReplyParser()
-        replies: list[Any] = []  # of the batch at the head of _waiting
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(None) as deadline:
-                self._deadline = deadline
-                self._arm_deadline()
-                while conn is self._conn:
-                    data = await reader.read(READ_SIZE)
-                    if not data:
-                        raise ConnectionError("Redis closed the connection")
-                    for reply in parser.feed(data):
-                        if conn is not self._conn:  # abandoned meanwhile: not our queue now
-                            return
-                        if not self._waiting:
-                            raise ReplyProtocolError("Redis sent a reply nobody asked for")
-                        if isinstance(reply, Exception) and not isinstance(reply, ERROR_REPLY):
-                            raise reply  # LOADING, NOAUTH, ...: the connection is not usable
-                        replies.append(reply)
-                        count, future = self._waiting[0]
-                        if len(replies) < count:
-                            continue
-                        self._waiting.popleft()
-                        batch, replies = replies, []
-                        if not future.done():
-                            future.set_result(batch)
-                        if any(isinstance(r, SLOT_ELSEWHERE) for r in batch):
-                            self._topology_stale = True
-                            await self._broken(conn, ConnectionError("the log's slot moved"))
-                            return
-                    if not self._waiting and parser.buffered:
-                        raise ReplyProtocolError("Redis sent a reply nobody asked for")
-                    timeout = self._timeout
-                    deadline.reschedule(
-                        loop.time() + timeout if self._waiting and timeout else None
-                    )
-        except BaseException as exc:
-            await self._broken(conn, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            self._deadline = None
-
-    def _arm_deadline(self) -> None:
-        """Replies are owed and the reader waits without a deadline: give it one."""
-        deadline, timeout = self._deadline, self._timeout
-        if deadline is not None and timeout and deadline.when() is None:
-            deadline.reschedule(asyncio.get_running_loop().time() + timeout)
-
-    async def _broken(self, conn: Any, exc: BaseException) -> None:
-        if conn is not self._conn:
-            return
-        self._conn = None
-        waiting, self._waiting = self._waiting, deque()
-        for _, future in waiting:
-            if not future.done():
-                future.set_exception(
-                    exc if isinstance(exc, Exception) else ConnectionError("connection closed")
-                )
-        await conn.disconnect()
-
     def abandon(self, reason: str) -> None:
         """Fail every batch waiting for replies now (their outcome is unknown) and drop
         the connection: used when the health check has given Redis up, so that callers
         hear at once instead of at the socket time-out."""
-        conn = self._conn
-        if conn is not None and self._waiting:
-            asyncio.get_running_loop().create_task(self._broken(conn, ConnectionError(reason)))
+        protocol = self._protocol
+        if protocol is not None and protocol.owed:
+            protocol.fail(ConnectionError(reason))
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        if self._conn is not None:
-            await self._broken(self._conn, ConnectionError("the log was closed"))
+        protocol = self._protocol
+        if protocol is not None:
+            protocol.fail(ConnectionError("the log was closed"))
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+class _ReplyProtocol(asyncio.Protocol):
+    """Reads the replies of one connection and hands each batch its own, in send order.
+
+    Takes the transport over from redis-py's StreamReaderProtocol, which it keeps for the
+    writer's flow control (pause/resume) and its close. While replies are owed, a socket
+    time-out without a byte fails the connection (a frozen Redis); an idle one waits.
+    """
+
+    def __init__(self, conn: Any, lost: Callable[[_ReplyProtocol, bool], None]) -> None:
+        self._conn = conn
+        self._lost = lost
+        writer: asyncio.StreamWriter = conn._writer
+        self._transport: asyncio.Transport = writer.transport  # type: ignore[assignment]
+        self._stream_protocol: Any = self._transport.get_protocol()
+        self._timeout: float | None = conn.socket_timeout
+        self._loop = asyncio.get_running_loop()
+        self._parser = ReplyParser()
+        self._waiting: deque[tuple[int, OnReplies]] = deque()
+        self._replies: list[Any] = []  # of the batch at the head of _waiting
+        self._progress = 0.0  #: loop time of the last byte read, or of the first write owed
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
+        self._transport.set_protocol(self)
+
+    @property
+    def owed(self) -> bool:
+        return bool(self._waiting)
+
+    def write(self, data: bytes, count: int, done: OnReplies) -> None:
+        if self.closed or self._transport.is_closing():
+            self.fail(ConnectionError("the connection to Redis closed"))
+            _call(done, ConnectionError("the connection to Redis closed"))
+            return
+        self._transport.write(data)
+        if not self._waiting:
+            self._progress = self._loop.time()
+        self._waiting.append((count, done))
+        if self._timer is None and self._timeout:
+            self._timer = self._loop.call_later(self._timeout, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.closed or not self._waiting or not self._timeout:
+            return
+        left = self._progress + self._timeout - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._check_timeout)
+        else:
+            self.fail(TimeoutError(f"Redis sent nothing for {self._timeout:g}s"))
+
+    # ---- asyncio.Protocol -------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._progress = self._loop.time()
+        try:
+            for reply in self._parser.feed(data):
+                if not self._waiting:
+                    raise ReplyProtocolError("Redis sent a reply nobody asked for")
+                if isinstance(reply, Exception) and not isinstance(reply, ERROR_REPLY):
+                    raise reply  # LOADING, NOAUTH, ...: the connection is not usable
+                self._replies.append(reply)
+                count, done = self._waiting[0]
+                if len(self._replies) < count:
+                    continue
+                self._waiting.popleft()
+                batch, self._replies = self._replies, []
+                _call(done, batch)
+                if any(isinstance(r, SLOT_ELSEWHERE) for r in batch):
+                    self.fail(ConnectionError("the log's slot moved"), slot_moved=True)
+                    return
+            if not self._waiting and self._parser.buffered:
+                raise ReplyProtocolError("Redis sent a reply nobody asked for")
+        except Exception as exc:  # noqa: BLE001 (any failure ends this connection, said to all)
+            self.fail(exc)
+
+    def eof_received(self) -> bool:
+        self.fail(ConnectionError("Redis closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or ConnectionError("Redis closed the connection"))
+        self._stream_protocol.connection_lost(exc)  # the writer's drain and close wake
+
+    def pause_writing(self) -> None:
+        self._stream_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream_protocol.resume_writing()
+
+    def fail(self, exc: BaseException, *, slot_moved: bool = False) -> None:
+        """End the connection: every batch still owed gets ``exc`` (outcome unknown)."""
+        if not self.closed:
+            self.closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self._lost(self, slot_moved)
+            self._transport.close()
+        waiting, self._waiting = self._waiting, deque()
+        for _, done in waiting:
+            _call(done, exc)
+
+
+def _call(done: OnReplies, replies: Replies) -> None:
+    """A batch's callback; its bug is logged, never taken for the connection's failure."""
+    try:
+        done(replies)
+    except Exception:
+        log.exception("a Redis reply's callback failed")
