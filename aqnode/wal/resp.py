@@ -229,7 +229,7 @@ class _ReplyProtocol(asyncio.Protocol):
                     return
             if not self._waiting and self._parser.buffered:
                 raise ReplyProtocolError("Redis sent a reply nobody asked for")
-        except Exception as exc:  # noqa: BLE001 (any failure ends this connection, said to all)
+        except Exception as exc:  # any failure ends this connection, told to every batch
             self.fail(exc)
 
     def eof_received(self) -> bool:
