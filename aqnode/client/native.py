@@ -174,13 +174,8 @@ class NativeConnection:
             outbox, self._outbox = self._outbox, []
             for queued in outbox:
                 channel.send(queued)
-            while True:
-                items = await channel.receive()
-                if items is None:
-                    raise errors.Unavailable(f"{self.address} closed the connection")
-                self.failures = 0
-                for item in items:
-                    self._deliver(item)
+            await channel.serve(self._take)  # answers resolve their calls in data_received
+            raise errors.Unavailable(f"{self.address} closed the connection")
         except asyncio.CancelledError:
             raise
         except errors.AqError as exc:
@@ -220,6 +215,11 @@ class NativeConnection:
         for item in items[1:]:
             self._deliver(item)
         return channel
+
+    def _take(self, items: list[ToClient]) -> None:
+        self.failures = 0
+        for item in items:
+            self._deliver(item)
 
     def _deliver(self, item: ToClient) -> None:
         if isinstance(item, Answer):

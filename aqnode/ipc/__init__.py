@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from types import GenericAlias
 from typing import Any, Generic, TypeVar
 
@@ -321,6 +322,35 @@ class FrameChannel(Generic[In, Out]):
             body = await self._reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError):
             raise TruncatedFrame("the peer closed in the middle of a frame") from None
+        return self.decode(body)
+
+    async def serve(
+        self, on_items: Callable[[list[In]], None], *, pause_above: int | None = None
+    ) -> None:
+        """Call ``on_items`` with each frame's items, straight from the socket's
+        ``data_received`` (no task to wake per frame), until the peer closes: returns on a
+        clean close (or a reset), raises TruncatedFrame, ProtocolError, or what
+        ``on_items`` raised (then the socket is closed). ``receive`` may not be used once
+        this runs. ``pause_above``: stop reading while more than that many bytes of ours
+        wait to be written (a peer that does not read its answers)."""
+        reader: Any = self._reader  # its buffer is private to asyncio: read as it stands
+        transport: Any = self._writer.transport
+        done: asyncio.Future[None] = self._loop.create_future()
+        protocol = _FrameProtocol(self, transport, on_items, done, pause_above)
+        # Bytes the StreamReader already holds (they came with the handshake) go first.
+        buffered = bytes(reader._buffer)
+        reader._buffer.clear()
+        if getattr(reader, "_paused", False):
+            reader._paused = False
+            transport.resume_reading()
+        transport.set_protocol(protocol)
+        if buffered:
+            protocol.data_received(buffered)
+        if reader.at_eof() or reader.exception() is not None:
+            protocol.eof_received()
+        await done
+
+    def decode(self, body: bytes | memoryview) -> list[In]:
         try:
             return self._decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -333,6 +363,96 @@ class FrameChannel(Generic[In, Out]):
     @property
     def closed(self) -> bool:
         return self._writer.is_closing()
+
+
+class _FrameProtocol(asyncio.Protocol, Generic[In]):
+    """:meth:`FrameChannel.serve`'s reading end: frames parsed in ``data_received``.
+
+    It takes the transport over from the StreamReaderProtocol, which it keeps for the
+    writer's flow control (``drain``) and for ``connection_lost``.
+    """
+
+    def __init__(
+        self,
+        channel: FrameChannel[In, Any],
+        transport: Any,
+        on_items: Callable[[list[In]], None],
+        done: asyncio.Future[None],
+        pause_above: int | None,
+    ) -> None:
+        self._channel = channel
+        self._transport = transport
+        self._stream_protocol: Any = transport.get_protocol()
+        self._on_items = on_items
+        self._done = done
+        self._buf = bytearray()
+        self._max = channel._max_frame
+        self._pause_above = pause_above
+        self._paused = False
+        if pause_above is not None:
+            transport.set_write_buffer_limits(high=pause_above)
+
+    def _end(self, exc: BaseException | None) -> None:
+        if self._done.done():
+            return
+        if exc is None:
+            self._done.set_result(None)
+        else:
+            self._done.set_exception(exc)
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        buf = self._buf
+        buf += data
+        pos, end, size = 0, len(buf), _LENGTH.size
+        try:
+            while end - pos >= size:
+                (length,) = _LENGTH.unpack_from(buf, pos)
+                if length > self._max:
+                    raise ProtocolError(f"frame of {length} bytes exceeds {self._max}")
+                if end - pos - size < length:
+                    break
+                with memoryview(buf) as view:  # released before the buffer is cut
+                    items = self._channel.decode(view[pos + size : pos + size + length])
+                pos += size + length
+                self._on_items(items)
+                if self._done.done():
+                    return
+        except BaseException as exc:
+            self._end(exc)
+            return
+        finally:
+            if not self._done.done():
+                del buf[:pos]
+
+    def eof_received(self) -> bool:
+        if self._buf:
+            self._end(TruncatedFrame("the peer closed in the middle of a frame"))
+        else:
+            self._end(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A reset (the peer died with our data unread) ends reading like a close.
+        if self._buf:
+            self._end(TruncatedFrame("the peer closed in the middle of a frame"))
+        else:
+            self._end(None)
+        self._stream_protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._stream_protocol.pause_writing()
+        if self._pause_above is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()  # its answers back up: read on once taken
+
+    def resume_writing(self) -> None:
+        self._stream_protocol.resume_writing()
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()
 
 
 #: The supervisor's end receives ToSupervisor and sends ToShard; a shard's, the reverse.

@@ -81,14 +81,7 @@ class Shard:
                 task.cancel()
 
     async def _read(self, pool: WorkerPool) -> None:
-        while True:
-            try:
-                frame = await self.channel.receive()
-            except ipc.ProtocolError as exc:
-                log.error("shard %d: %s; exiting", self.index, exc)
-                frame = None
-            if frame is None:  # the supervisor is gone: nothing we run could be reported
-                os._exit(procutil.EXIT_PARENT_GONE)
+        def take(frame: list[ipc.ToShard]) -> None:  # in data_received: no task per frame
             for item in frame:
                 if isinstance(item, ipc.Deliver):
                     pool.deliver(item)
@@ -100,6 +93,13 @@ class Shard:
                     asyncio.get_running_loop().create_task(self._drain(pool, item))
                 elif isinstance(item, ipc.Lease):
                     pool.set_lease(item.until)
+
+        try:
+            await self.channel.serve(take)
+        except ipc.ProtocolError as exc:
+            log.error("shard %d: %s; exiting", self.index, exc)
+        # the supervisor is gone: nothing we run could be reported
+        os._exit(procutil.EXIT_PARENT_GONE)
 
     async def _drain(self, pool: WorkerPool, stop: ipc.Stop) -> None:
         pool.start_draining()

@@ -150,17 +150,15 @@ class NativeServer:
             )
         channel.send(Welcome(PROTOCOL, self._server_id))
         self._take(channel, first[1:])
-        transport = writer.transport
-        while True:
-            try:
-                items = await channel.receive()
-            except ProtocolError as exc:
-                return self._goodbye(channel, _bad_frame(exc))
-            if items is None:
-                return None
-            self._take(channel, items)
-            if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                await channel.drain()  # its replies back up: read on once it took them
+        try:
+            # Frames are taken as they arrive, in data_received; reading pauses while
+            # its answers back up (a client that does not read them).
+            await channel.serve(
+                lambda items: self._take(channel, items), pause_above=WRITE_HIGH_WATER
+            )
+        except ProtocolError as exc:
+            return self._goodbye(channel, _bad_frame(exc))
+        return None
 
     def _take(self, channel: Channel, items: list[ToNode]) -> None:
         calls: list[Call] = []

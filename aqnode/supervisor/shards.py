@@ -129,33 +129,30 @@ class ShardLink:
                     return
 
     async def _read(self, channel: ipc.SupervisorEnd) -> None:
-        while True:
-            try:
-                frame = await channel.receive()
-            except ipc.TruncatedFrame:
-                frame = None
-                self.read_all = True
-            except ipc.ProtocolError as exc:
-                log.error("shard %d sent a bad frame (%s); closing its socket", self.index, exc)
-                frame = None
+        try:
+            await channel.serve(self._frame)  # frames handled in data_received, in order
+        except ipc.TruncatedFrame:
+            self.read_all = True
+        except ipc.ProtocolError as exc:
+            log.error("shard %d sent a bad frame (%s); closing its socket", self.index, exc)
+        else:
+            self.read_all = True
+        channel.close()
+
+    def _frame(self, frame: list[ipc.ToSupervisor]) -> None:
+        items: list[ipc.ToSupervisor] = []
+        for item in frame:
+            if isinstance(item, ipc.Heartbeat):
+                self._heartbeat(item)
+            elif self.exited and isinstance(item, ipc.Dispatch):
+                continue  # asked by a shard that is gone: nobody could run it
             else:
-                self.read_all = frame is None
-            if frame is None:
-                channel.close()
-                return
-            items: list[ipc.ToSupervisor] = []
-            for item in frame:
-                if isinstance(item, ipc.Heartbeat):
-                    self._heartbeat(item)
-                elif self.exited and isinstance(item, ipc.Dispatch):
-                    continue  # asked by a shard that is gone: nobody could run it
-                else:
-                    items.append(item)
-            if items:
-                try:
-                    self._on_items(self.index, items)
-                except Exception:  # a bug of ours: log it, keep reading (outcomes follow)
-                    log.exception("shard %d: handling its frame failed", self.index)
+                items.append(item)
+        if items:
+            try:
+                self._on_items(self.index, items)
+            except Exception:  # a bug of ours: log it, keep reading (outcomes follow)
+                log.exception("shard %d: handling its frame failed", self.index)
 
     def _heartbeat(self, item: ipc.Heartbeat) -> None:
         now = time.monotonic()
