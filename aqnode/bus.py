@@ -119,7 +119,7 @@ def decode_reply(result: SendResult, reply_type: Any) -> Any:
     return msgspec.msgpack.decode(result.reply, type=reply_type)
 
 
-def _typed_decode(msg: Message, result: SendResult) -> Any:
+def typed_decode(msg: Message, result: SendResult) -> Any:
     cls = type(msg)
     result.raise_for_error()
     if not result.reply:
@@ -182,7 +182,7 @@ class Bus(ABC):
         envelope = envelope_of(msg, message_id)
         self._check_wait(envelope)
         (result,) = await self._send([envelope], wait=True, timeout=timeout)
-        return _typed_decode(msg, result)
+        return typed_decode(msg, result)
 
     async def enqueue_raw(
         self,

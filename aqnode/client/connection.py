@@ -53,6 +53,8 @@ NO_MARKS = ForwardMarks(0, 0)
 class Connection:
     """A channel and one long-lived ``Session`` stream to one node."""
 
+    native = False  #: a gRPC stream, not the native protocol
+
     def __init__(
         self,
         address: str,

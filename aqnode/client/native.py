@@ -50,6 +50,8 @@ Channel = FrameChannel[ToClient, ToNode]
 
 
 class NativeConnection:
+    native = True  #: the native protocol (SyncClient may open a blocking twin)
+
     def __init__(self, address: str, token: str | None = None, tls: Tls | None = None) -> None:
         self.address = address
         self._token = token or ""
@@ -62,6 +64,11 @@ class NativeConnection:
         self._asks: dict[int, asyncio.Future[StatusAnswer | RegistryAnswer]] = {}
         self.failures = 0  #: connections that broke since the last answer
         self.server_id = ""
+
+    @property
+    def connected(self) -> bool:
+        """Welcomed, and the socket not closed."""
+        return self._channel is not None and not self._channel.closed
 
     @property
     def open(self) -> bool:
