@@ -432,3 +432,147 @@ def test_sending_after_close_is_dropped_quietly(run: Run[Any]) -> None:
         return closed
 
     assert run(main) is True
+
+
+# ---- serve(): frames handled in data_received ----------------------------------------
+
+
+async def _serve_collect(
+    s: Streams, wire: bytes, *, chunk: int = 0, before: bool = False
+) -> tuple[list[list[Any]], BaseException | None]:
+    """Feed ``wire`` from the peer (``chunk`` bytes per write, 0: at once; ``before``:
+    written and read into the StreamReader before serve() starts), then close; what
+    serve() handed over, and what it raised."""
+    frames: list[list[Any]] = []
+    if before:
+        s.peer_writer.write(wire)
+        await s.peer_writer.drain()
+        while len(s.reader._buffer) < len(wire):  # type: ignore[attr-defined]
+            await asyncio.sleep(0.001)
+        s.peer_writer.write_eof()
+    serving = asyncio.ensure_future(s.channel.serve(frames.append))
+    if not before:
+        step = chunk or len(wire) or 1
+        with contextlib.suppress(ConnectionError):  # serve() may end (and close) first
+            for start in range(0, len(wire), step):
+                s.peer_writer.write(wire[start : start + step])
+                await s.peer_writer.drain()
+                await asyncio.sleep(0)
+            s.peer_writer.write_eof()
+    try:
+        await serving
+        error: BaseException | None = None
+    except BaseException as exc:
+        error = exc
+    await s.close()
+    return frames, error
+
+
+def _wire(*items: list[Any]) -> bytes:
+    return b"".join(frame(msgspec.msgpack.encode(i)) for i in items)
+
+
+SERVE_FRAMES = [
+    [ipc.Dispatch("m-1"), ipc.Heartbeat(1, 2, 3)],
+    [ipc.Outcome("m-1", True, b"\x00" * 3000)],
+    [ipc.WorkerGone("k")],
+]
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 3, 7, 4096])
+def test_serve_hands_over_each_frame_whole_however_the_bytes_arrive(
+    run: Run[Any], chunk: int
+) -> None:
+    async def main() -> tuple[list[list[Any]], BaseException | None]:
+        return await _serve_collect(await Streams.open(), _wire(*SERVE_FRAMES), chunk=chunk)
+
+    frames, error = run(main)
+    assert error is None
+    assert frames == SERVE_FRAMES
+
+
+def test_serve_takes_the_bytes_the_stream_reader_already_holds(run: Run[Any]) -> None:
+    async def main() -> tuple[list[list[Any]], BaseException | None]:
+        return await _serve_collect(await Streams.open(), _wire(*SERVE_FRAMES), before=True)
+
+    frames, error = run(main)
+    assert error is None
+    assert frames == SERVE_FRAMES
+
+
+@pytest.mark.parametrize(
+    ("wire", "kind"),
+    [
+        (_wire(SERVE_FRAMES[0]) + b"\x00\x00", ipc.TruncatedFrame),
+        (_wire(SERVE_FRAMES[0]) + frame(b"\x93\x01")[:-1], ipc.TruncatedFrame),
+        (_HEADER.pack(MAX_FRAME_BYTES + 1) + b"xx", ProtocolError),
+        (frame(b"\xc1"), ProtocolError),
+        (frame(msgspec.msgpack.encode([["NotAnItem", 1]])), ProtocolError),
+    ],
+)
+def test_serve_ends_on_a_cut_oversized_or_undecodable_frame(
+    run: Run[Any], wire: bytes, kind: type[BaseException]
+) -> None:
+    async def main() -> tuple[list[list[Any]], BaseException | None]:
+        return await _serve_collect(await Streams.open(), wire, chunk=1)
+
+    frames, error = run(main)
+    assert isinstance(error, kind), error
+    assert frames in ([], [SERVE_FRAMES[0]])  # only the whole frames before it
+
+
+def test_serve_raises_what_its_callback_raised_and_reads_no_further(run: Run[Any]) -> None:
+    async def main() -> tuple[list[list[Any]], BaseException | None, bool]:
+        s = await Streams.open()
+        seen: list[list[Any]] = []
+
+        def take(items: list[Any]) -> None:
+            seen.append(items)
+            raise KeyError("a bug in the callback")
+
+        s.peer_writer.write(_wire(*SERVE_FRAMES))
+        try:
+            await s.channel.serve(take)
+            error: BaseException | None = None
+        except BaseException as exc:
+            error = exc
+        closed = s.channel.closed
+        await s.close()
+        return seen, error, closed
+
+    seen, error, closed = run(main)
+    assert isinstance(error, KeyError)
+    assert seen == [SERVE_FRAMES[0]]
+    assert closed  # the socket is closed: the peer sees the end
+
+
+def test_serve_pauses_reading_while_answers_back_up(run: Run[Any]) -> None:
+    """A peer that writes calls but never reads the answers: with ``pause_above`` the
+    reading stops, so the answers do not pile up without bound."""
+
+    async def main() -> int:
+        s = await Streams.open()
+        handled = 0
+        answer = ipc.Deliver("m", "t", "M", "e", b"\x00" * 60_000, 0.0, 1, True)
+
+        def take(items: list[Any]) -> None:
+            nonlocal handled
+            handled += len(items)
+            s.channel.send(answer)
+
+        serving = asyncio.ensure_future(s.channel.serve(take, pause_above=256 * 1024))
+        one = _wire([ipc.Dispatch("m")])
+        for _ in range(2000):  # the peer never reads
+            s.peer_writer.write(one)
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        stuck_at = handled
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        s.channel._writer.transport.abort()
+        s.peer_writer.transport.abort()
+        return stuck_at
+
+    handled = run(main)
+    assert 0 < handled < 2000
