@@ -85,10 +85,34 @@ class ReplyParser:
             count = int(line)
             if count < 0:
                 return None, pos
-            items = []
+            items: list[Any] = []
+            append = items.append
             for _ in range(count):
-                item, pos = self._value(buf, pos)
-                items.append(item)
+                # Inline the two kinds a script's reply array holds (a commit's replies are
+                # one entry per message): integers and bulk strings.
+                head = buf[pos] if pos < len(buf) else -1
+                if head == 58:
+                    eol = buf.find(b"\r\n", pos)
+                    if eol < 0:
+                        raise _INCOMPLETE
+                    append(int(buf[pos + 1 : eol]))
+                    pos = eol + 2
+                elif head == 36:
+                    eol = buf.find(b"\r\n", pos)
+                    if eol < 0:
+                        raise _INCOMPLETE
+                    length = int(buf[pos + 1 : eol])
+                    pos = eol + 2
+                    if length < 0:
+                        append(None)
+                        continue
+                    if len(buf) < pos + length + 2:
+                        raise _INCOMPLETE
+                    append(bytes(buf[pos : pos + length]))
+                    pos += length + 2
+                else:
+                    item, pos = self._value(buf, pos)
+                    append(item)
             return (_PUSH if kind == 62 else items), pos
         if kind == 37 or kind == 124:  # '%' map, '|' attribute (then the reply it annotates)
             pairs: dict[Any, Any] = {}
