@@ -10,12 +10,14 @@
 local results = {}
 local fenced = redis.call('EXISTS', KEYS[1]) == 1
 for i = 2, #KEYS do
-  local state = redis.call('HGET', KEYS[i], 'state')
+  local fields = redis.call('HMGET', KEYS[i], 'state', 'attempts')
+  local state = fields[1]
   if fenced then
     results[i - 1] = 'fenced'
   elseif state == 'enqueued' then
-    redis.call('HSET', KEYS[i], 'state', 'dispatched', 'dispatched_at', ARGV[1])
-    redis.call('HINCRBY', KEYS[i], 'attempts', 1)
+    -- one write for both (HSET + HINCRBY was two commands, and two in the AOF)
+    redis.call('HSET', KEYS[i], 'state', 'dispatched', 'dispatched_at', ARGV[1],
+      'attempts', (tonumber(fields[2]) or 0) + 1)
     results[i - 1] = 1
   else
     results[i - 1] = state or 'missing'
