@@ -101,6 +101,61 @@ def throughput_section(results: dict[str, Any], args: argparse.Namespace) -> lis
     return out
 
 
+REALIO_COLUMNS = (
+    ("msgs/s to completion", "msgs_per_s", "{:,.0f}"),
+    ("seconds", "elapsed_s", "{:.2f}"),
+    ("sent/s (acked)", "acked_per_s", "{:,.0f}"),
+    ("out of order", "out_of_order", "{:.0f}"),
+    ("missing", "missing", "{:.0f}"),
+    ("entities written wrong", "written_bad", "{:.0f}"),
+    ("node/workers CPU s/1k", "system_cpu_s_per_1k", "{:.3f}"),
+    ("redis CPU s/1k", "redis_cpu_s_per_1k", "{:.3f}"),
+    ("bench CPU s/1k", "bench_cpu_s_per_1k", "{:.3f}"),
+    ("redis cmds/msg", "redis_cmds_per_msg", "{:.2f}"),
+    ("redis reads/msg", "redis_reads_per_msg", "{:.3f}"),
+    ("handler connections", "handler_connections", "{:.0f}"),
+    ("other CPU %", "other_cpu_pct", "{:.0f}"),
+)
+
+
+def realio_section(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    cells = results.get("realio", {})
+    if not cells:
+        return []
+    rows = _rows(cells, REALIO_COLUMNS)
+    out = [
+        f"### Real I/O handlers (two awaited redis.asyncio pipelines per message; handler pool "
+        f"{args.realio_pool or 'unbounded'} per process): {args.entities:,} entities x "
+        f"{args.messages} round robin (`sync enqueue`, `sequential`: x "
+        f"{args.sequential_messages}), median (min-max) of {args.runs} runs; costs per "
+        "workload message (the Markers' included)",
+        md_table(["sender", *(c[0] for c in REALIO_COLUMNS)], rows),
+    ]
+    ratios = results.get("realio_ratios", {})
+    if ratios:
+        out += [
+            "### Real I/O: aqnode / lists baseline (per run, measured back to back)",
+            md_table(
+                ["aqnode sender", "vs", "ratio"],
+                [
+                    [name, r["vs"], cell(r["summary"], "ratio", "{:.2f}x")]
+                    for name, r in ratios.items()
+                ],
+            ),
+        ]
+    pools = results.get("realio_pools", {})
+    if pools:
+        out += [
+            "### Real I/O: the handler's connection pool per shard process "
+            f"(aqnode `enqueue_many`, median (min-max) of {args.runs} runs)",
+            md_table(
+                ["pool", *(c[0] for c in REALIO_COLUMNS[:3]), *(c[0] for c in REALIO_COLUMNS[6:])],
+                _rows(pools, (*REALIO_COLUMNS[:3], *REALIO_COLUMNS[6:])),
+            ),
+        ]
+    return out
+
+
 def latency_section(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     cells = results.get("latency", {})
     if not cells:
@@ -262,6 +317,24 @@ def targets(args: argparse.Namespace) -> list[Target]:
         ]
     t += [
         Target(
+            "realio: enqueue_many >= 1.0x the lists baseline (same run)",
+            ("realio_ratios", "enqueue_many", "ratio"),
+            lambda v: v >= 1.0,
+            "{:.2f}x",
+        ),
+        Target(
+            "realio: one awaited SyncClient.enqueue per message >= 0.5x the lists baseline",
+            ("realio_ratios", "sync enqueue", "ratio"),
+            lambda v: v >= 0.5,
+            "{:.2f}x",
+        ),
+        Target(
+            "realio: one awaited Client.enqueue per message >= 0.5x the lists baseline",
+            ("realio_ratios", "sequential", "ratio"),
+            lambda v: v >= 0.5,
+            "{:.2f}x",
+        ),
+        Target(
             "enqueue_and_wait, one caller (warm): p50 <= 1 ms",
             ("latency", "1 caller, warm", "p50_ms"),
             lambda v: v <= 1.0,
@@ -318,12 +391,13 @@ def targets_section(results: dict[str, Any], args: argparse.Namespace) -> list[s
         )
     if not rows:
         return []
-    return ["### Targets (issue 4; medians)", md_table(["target", "measured", ""], rows)]
+    return ["### Targets (issues 4 and 11; medians)", md_table(["target", "measured", ""], rows)]
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     parts = [
         *throughput_section(results, args),
+        *realio_section(results, args),
         *latency_section(results, args),
         *shards_section(results, args),
         *memory_section(results, args),

@@ -17,6 +17,12 @@ Scenarios (see BENCHMARKS.md for the method):
   (``lpush_pipelined``). Every run of a workload measures aqnode and the baseline back to
   back, and the ratio is taken per run. Costs per message (Redis commands, script
   calls, read events, CPU) come from counters read before and after each run.
+- ``realio``: handlers that do real I/O (two awaited ``redis.asyncio`` pipelines per
+  message, ``bench/io_handlers.py``), 1,000 entities x 20 round robin; aqnode senders
+  ``enqueue_many``, ``sync enqueue`` (one blocking ``SyncClient.enqueue`` per message)
+  and ``sequential``, against hash-partitioned Redis lists with one consumer per list
+  (``bench/lists_baseline.py``); the ratio per run. ``--realio-pools 8,32,0`` also
+  compares the handler's connection pool sizes (``bench/realio.py``).
 - ``latency``: ``enqueue_and_wait`` p50/p90/p99: one caller (warm entities, and a new
   entity per call), and ``--latency-callers`` concurrent callers on one Client.
 - ``shards``: a CPU-bound handler (a pure-Python loop of ``--cpu-ms``) on a 1-shard node
@@ -26,9 +32,9 @@ Scenarios (see BENCHMARKS.md for the method):
 - ``million``: one message each to ``--million-entities`` distinct entities with a short
   idle timeout; the node's peak RSS and its RSS once every worker is torn down.
 
-``--quick`` (the default) runs throughput (a reduced matrix), latency, shards and memory
-in about 2.5 minutes on 2 cores; ``--full`` runs the whole matrix, bigger sizes, and
-``million`` (about 10 minutes).
+``--quick`` (the default) runs throughput (a reduced matrix), realio, latency, shards and
+memory in about 2.5 minutes on 2 cores (realio: about 35 s); ``--full`` runs the whole
+matrix, bigger sizes, and ``million`` (about 10 minutes).
 
 The benchmark process runs on the same machine as the node and Redis and competes with
 them for CPU; on a small machine the figures are the system's, not the node's alone.
@@ -75,11 +81,12 @@ from bench.procs import (
     wait_handled,
     wait_ready,
 )
+from bench.realio import RealIo
 from bench.report import report
 from bench.workload import DISTRIBUTIONS, Workload, calibrate_spin, make_workload
 
-SCENARIOS = ("throughput", "latency", "shards", "memory", "million")
-QUICK_SCENARIOS = ("throughput", "latency", "shards", "memory")
+SCENARIOS = ("throughput", "realio", "latency", "shards", "memory", "million")
+QUICK_SCENARIOS = ("throughput", "realio", "latency", "shards", "memory")
 HANDLERS = {"0ms": 0.0, "1ms": 1.0}  #: handler name -> awaited I/O per message, ms
 AQ_SENDERS = ("enqueue_many", "pipelined", "sequential")
 BL_PRODUCERS = ("lpush", "lpush_pipelined")
@@ -353,6 +360,12 @@ class Bench:
             "lock_wait_ms_per_msg": stats["lock_wait_us"] / 1000 / total,
             **self.probe.costs(before, after, total),
         }
+
+    # -- realio --
+
+    async def realio(self) -> None:
+        """Handlers that do real Redis I/O, against hash-partitioned lists (bench/realio.py)."""
+        await RealIo(self).run()
 
     # -- latency --
 
@@ -687,8 +700,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         metavar="TEXT",
-        help="run only throughput cells / latency variants whose name contains TEXT, e.g. "
-        "'uniform/0ms', 'enqueue_many', 'baseline', '1 caller' (repeatable)",
+        help="run only throughput / realio cells and latency variants whose name contains "
+        "TEXT, e.g. 'uniform/0ms', 'enqueue_many', 'baseline', '1 caller' (repeatable); a "
+        "scenario's name (e.g. 'realio') selects that scenario, like --scenario",
     )
     p.add_argument("--runs", type=int, help="runs per measurement (3)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every run as JSON here")
@@ -760,6 +774,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds a baseline job waits for its lock before it is requeued (10)",
     )
     p.add_argument(
+        "--realio-pool",
+        type=int,
+        default=32,
+        help="realio: the handler's Redis connections per process (32; 0 = unbounded)",
+    )
+    p.add_argument(
+        "--realio-pools",
+        type=_int_list,
+        default=[],
+        metavar="N,N,...",
+        help="realio: also measure enqueue_many on a node per pool size, e.g. 8,32,0",
+    )
+    p.add_argument("--realio-lists", type=int, default=16, help="realio baseline: Redis lists (16)")
+    p.add_argument(
         "--client-loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
@@ -767,6 +795,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", type=Path, help="keep the nodes' and Redis' files here")
     args = p.parse_args(argv)
+    named = [o for o in args.only or () if o in SCENARIOS]
+    if named:  # --only SCENARIO: that scenario, all of its cells
+        args.scenarios = list(dict.fromkeys([*(args.scenarios or ()), *named]))
+        args.only = [o for o in args.only if o not in SCENARIOS] or None
     args.mode = "full" if args.full else "quick"
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
@@ -777,6 +809,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.runs, args.entities, args.messages, args.memory_runs) < 1:
         p.error("--runs, --entities, --messages and --memory-runs must be at least 1")
     return args
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
