@@ -81,7 +81,7 @@ def make_work(tag: str, entities: int, per_entity: int) -> Work:
     return Work(deposits, wl.counts, [(e, seqs[e], amounts[e]) for e in wl.counts])
 
 
-def _on_native(client: Client, *, upgrade_ok: bool = False) -> bool:
+def on_native(client: Client, *, upgrade_ok: bool = False) -> bool:
     """Whether ``client`` sends to its node over the native protocol; with
     ``upgrade_ok``, also when its native connection is open but not swapped in yet (a
     SyncClient's own blocking path uses it then). It reads private attributes (no public
@@ -97,9 +97,9 @@ async def to_native(client: Client, entity: str) -> None:
     """Make calls until the client has moved to the node's native socket ("auto" moves
     once discovery is done and no call is in flight), or warn at the deadline."""
     deadline = time.monotonic() + NATIVE_TIMEOUT_S
-    while not _on_native(client) and time.monotonic() < deadline:
+    while not on_native(client) and time.monotonic() < deadline:
         await client.enqueue_and_wait(IoMarker(id=entity), timeout=10.0)
-    if not _on_native(client):
+    if not on_native(client):
         print("bench: warning: realio client still on gRPC after warm-up", file=sys.stderr)
 
 
@@ -107,9 +107,9 @@ def sync_to_native(sync: SyncClient, entity: str) -> None:
     """``to_native`` for a SyncClient, from the calling (non-loop) thread."""
     inner: Client = sync._client
     deadline = time.monotonic() + NATIVE_TIMEOUT_S
-    while not _on_native(inner, upgrade_ok=True) and time.monotonic() < deadline:
+    while not on_native(inner, upgrade_ok=True) and time.monotonic() < deadline:
         sync.enqueue_and_wait(IoMarker(id=entity), timeout=10.0)
-    if not _on_native(inner, upgrade_ok=True):
+    if not on_native(inner, upgrade_ok=True):
         print("bench: warning: realio SyncClient still on gRPC after warm-up", file=sys.stderr)
 
 

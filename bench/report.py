@@ -49,6 +49,11 @@ COST_COLUMNS = (
     ("bench CPU s/1k", "bench_cpu_s_per_1k", "{:.3f}"),
     ("other CPU %", "other_cpu_pct", "{:.0f}"),
 )
+#: latency's one-call-at-a-time variants (issue 11): durable acknowledgements, calls/s
+AWAIT_ENQUEUE = "one at a time: await Client.enqueue"
+SYNC_ENQUEUE = "one at a time: SyncClient.enqueue"
+ONE_AT_A_TIME = (AWAIT_ENQUEUE, SYNC_ENQUEUE)
+
 LATENCY_COLUMNS = (
     ("p50 ms", "p50_ms", "{:.2f}"),
     ("p90 ms", "p90_ms", "{:.2f}"),
@@ -161,7 +166,8 @@ def latency_section(results: dict[str, Any], args: argparse.Namespace) -> list[s
     if not cells:
         return []
     return [
-        f"### `enqueue_and_wait` latency, median (min-max) of {args.runs} runs",
+        f"### Latency: `enqueue_and_wait`, and durable `enqueue` one call at a time; "
+        f"median (min-max) of {args.runs} runs",
         md_table(["variant", *(c[0] for c in LATENCY_COLUMNS)], _rows(cells, LATENCY_COLUMNS)),
     ]
 
@@ -345,6 +351,39 @@ def targets(args: argparse.Namespace) -> list[Target]:
             ("latency", "1 caller, warm", "p99_ms"),
             lambda v: v <= 5.0,
             "{:.2f} ms",
+        ),
+        *(
+            Target(
+                f"{name} (no-op handler, WAL on) >= 3,500 calls/s",
+                ("latency", name, "calls_per_s"),
+                lambda v: v >= 3500,
+                "{:,.0f} calls/s",
+            )
+            for name in ONE_AT_A_TIME
+        ),
+        Target(
+            "enqueue_and_wait, one caller (warm): p50 <= 0.6 ms (issue 11)",
+            ("latency", "1 caller, warm", "p50_ms"),
+            lambda v: v <= 0.6,
+            "{:.2f} ms",
+        ),
+        Target(
+            "enqueue_and_wait, one caller (warm): p99 <= 1.5 ms (issue 11)",
+            ("latency", "1 caller, warm", "p99_ms"),
+            lambda v: v <= 1.5,
+            "{:.2f} ms",
+        ),
+        Target(
+            f"{u0} enqueue_many: node CPU <= 25 ms per 1,000 messages (issue 11)",
+            ("throughput", f"{u0}/enqueue_many", "system_cpu_s_per_1k"),
+            lambda v: v <= 0.025,
+            "{:.3f} s",
+        ),
+        Target(
+            f"{u0} enqueue_many: Redis CPU <= 15 ms per 1,000 messages (issue 11)",
+            ("throughput", f"{u0}/enqueue_many", "redis_cpu_s_per_1k"),
+            lambda v: v <= 0.015,
+            "{:.3f} s",
         ),
         Target(
             "2 shards >= 1.7x 1 shard, CPU-bound handler",

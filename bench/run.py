@@ -24,7 +24,9 @@ Scenarios (see BENCHMARKS.md for the method):
   (``bench/lists_baseline.py``); the ratio per run. ``--realio-pools 8,32,0`` also
   compares the handler's connection pool sizes (``bench/realio.py``).
 - ``latency``: ``enqueue_and_wait`` p50/p90/p99: one caller (warm entities, and a new
-  entity per call), and ``--latency-callers`` concurrent callers on one Client.
+  entity per call), and ``--latency-callers`` concurrent callers on one Client; then
+  durable acknowledgements one call at a time (calls/s): ``await Client.enqueue`` and a
+  blocking ``SyncClient.enqueue`` (in a thread), ``--latency-calls`` x 3 each.
 - ``shards``: a CPU-bound handler (a pure-Python loop of ``--cpu-ms``) on a 1-shard node
   and on the main node (``--shards``), alternately; the ratio per run.
 - ``memory``: one message each to ``--memory-entities`` distinct entities with idle
@@ -65,7 +67,7 @@ import psutil
 import redis.asyncio as aioredis
 import uvloop
 
-from aqnode.client import Client
+from aqnode.client import Client, SyncClient
 from bench import baseline as bl
 from bench.handlers import Echo, Marker, Ping
 from bench.probe import Probe, percentile, summarize
@@ -81,8 +83,8 @@ from bench.procs import (
     wait_handled,
     wait_ready,
 )
-from bench.realio import RealIo
-from bench.report import report
+from bench.realio import NATIVE_TIMEOUT_S, RealIo, on_native
+from bench.report import ONE_AT_A_TIME, SYNC_ENQUEUE, report
 from bench.workload import DISTRIBUTIONS, Workload, calibrate_spin, make_workload
 
 SCENARIOS = ("throughput", "realio", "latency", "shards", "memory", "million")
@@ -377,10 +379,69 @@ class Bench:
             (f"{args.latency_callers} callers, warm", args.latency_callers, True),
         ]
         variants = [v for v in variants if self.wanted(v[0])]
-        for run in range(args.runs):
-            for name, callers, warm in variants:
-                await settle(self.main.client)
-                self.record("latency", name, await self._latency_run(run, callers, warm))
+        one_at_a_time = [s for s in ONE_AT_A_TIME if self.wanted(s)]
+        sync = None
+        if SYNC_ENQUEUE in one_at_a_time:
+            sync = await asyncio.to_thread(SyncClient, self.main.node.address)
+        try:
+            for run in range(args.runs):
+                for name, callers, warm in variants:
+                    await settle(self.main.client)
+                    self.record("latency", name, await self._latency_run(run, callers, warm))
+                for name in one_at_a_time:
+                    await settle(self.main.client)
+                    self.record("latency", name, await self._one_at_a_time(run, name, sync))
+        finally:
+            if sync is not None:
+                await asyncio.to_thread(sync.close)
+
+    async def _one_at_a_time(
+        self, run: int, name: str, sync: SyncClient | None
+    ) -> dict[str, float]:
+        """Durable acknowledgements, one call at a time (issue 11): ``--latency-calls`` x
+        3 ``enqueue(Echo)`` over 100 warm entities, each returning once the message is in
+        the log."""
+        args, client = self.args, self.main.client
+        n = args.latency_calls * 3
+        tag = f"one{'s' if sync is not None and name == SYNC_ENQUEUE else 'a'}-{run}"
+        echoes = [Echo(id=f"{tag}-{i % 100}", seq=i) for i in range(n)]
+        warm, echoes = echoes[:100], echoes[100:]
+        if name == SYNC_ENQUEUE:
+            assert sync is not None
+            await asyncio.to_thread(_warm_sync, sync, warm)
+        else:
+            for e in warm:  # the entities' workers, the client's connection
+                await client.enqueue_and_wait(e, timeout=30.0)
+        samples: list[float] = []
+
+        def timed(enqueue: Callable[[Echo], Any]) -> None:
+            for e in echoes:
+                t0 = time.perf_counter()
+                enqueue(e)
+                samples.append(time.perf_counter() - t0)
+
+        pids = self.main.node.pids()
+        before = self.probe.snapshot(pids)
+        if name == SYNC_ENQUEUE:
+            assert sync is not None
+            await asyncio.to_thread(timed, sync.enqueue)
+        else:
+            for e in echoes:
+                t0 = time.perf_counter()
+                await client.enqueue(e)
+                samples.append(time.perf_counter() - t0)
+        after = self.probe.snapshot(pids)
+        ms = sorted(s * 1000 for s in samples)
+        return {
+            "calls": float(len(ms)),
+            "p50_ms": percentile(ms, 50),
+            "p90_ms": percentile(ms, 90),
+            "p99_ms": percentile(ms, 99),
+            "max_ms": ms[-1],
+            "mean_ms": statistics.fmean(ms),
+            "calls_per_s": len(ms) / (after.at - before.at),
+            **self.probe.costs(before, after, len(ms)),
+        }
 
     async def _latency_run(self, run: int, callers: int, warm: bool) -> dict[str, float]:
         args, client = self.args, self.main.client
@@ -598,6 +659,18 @@ def _brief(metrics: dict[str, float]) -> str:
         "rss_final",
     )
     return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+def _warm_sync(sync: SyncClient, warm: list[Echo]) -> None:
+    """Start the entities' workers and move ``sync`` to the node's native socket (its
+    blocking path), as a SyncClient left running would be."""
+    for e in warm:
+        sync.enqueue_and_wait(e, timeout=30.0)
+    deadline = time.monotonic() + NATIVE_TIMEOUT_S
+    while not on_native(sync._client, upgrade_ok=True) and time.monotonic() < deadline:
+        sync.enqueue_and_wait(warm[0], timeout=30.0)
+    if not on_native(sync._client, upgrade_ok=True):
+        print("bench: warning: the SyncClient is still on gRPC after warm-up", file=sys.stderr)
 
 
 # ---- machine and versions ------------------------------------------------------------------
