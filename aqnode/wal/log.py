@@ -1,7 +1,7 @@
 """The write-ahead log: atomic Lua transitions, applied by group commit.
 
-Callers hand in a batch of transitions with a callback and return at once. One commit
-task takes everything pending and writes it to Redis as one pipeline (one EVAL per
+Callers hand in a batch of transitions with a callback and return at once. On the next
+loop iteration, everything pending is written to Redis as one pipeline (one EVAL per
 transition kind and chunk) on the log's own connection; callbacks run in commit order.
 Up to MAX_IN_FLIGHT commits may await their replies while the next batch gathers; a lone
 transition commits on the next loop iteration, without any fixed delay. Redis runs one
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -137,6 +136,10 @@ class _Request:
     done: Callback
 
 
+#: a request in a commit: the request, its chunk's first EVAL, its first item in the chunk
+_Span = tuple[_Request, int, int]
+
+
 class WriteAheadLog:
     """Durable message states in Redis; every method is non-blocking and group-committed."""
 
@@ -153,7 +156,12 @@ class WriteAheadLog:
         self._shas: dict[str, str] = {}
         self._raw = resp.PipelinedConnection(client, keys.base)
         self._pending: list[_Request] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False  #: a _pump is due on the loop
+        self._in_flight = 0  #: commits written and not yet answered (or failed)
+        #: opens the connection when none is open; no commit is written meanwhile
         self._task: asyncio.Task[None] | None = None
+        self._drained: list[asyncio.Future[None]] = []  #: flush()es waiting
         self.commits = 0  #: pipelines sent, for metrics and benchmarks
         self.committed = 0  #: transitions applied
         #: called with (kind, transitions) for every kind in every commit (metrics)
@@ -299,8 +307,10 @@ class WriteAheadLog:
 
     async def flush(self) -> None:
         """Wait until everything handed in so far is committed (or failed)."""
-        while self._task is not None:
-            await asyncio.shield(self._task)
+        while self._pending or self._in_flight or self._task is not None:
+            waiter = self._running_loop().create_future()
+            self._drained.append(waiter)
+            await waiter
 
     def abandon_in_flight(self, reason: str) -> None:
         """Redis is given up for now: fail the commits waiting for replies at once."""
@@ -311,33 +321,83 @@ class WriteAheadLog:
         await self._raw.close()
 
     # ---- group commit ----------------------------------------------------------------
+    #
+    # No task per commit: a request schedules one _pump on the loop (so everything handed
+    # in during this loop iteration goes in one commit), the pump writes on the open
+    # connection at once, and a commit's reply callback schedules the next pump. Only
+    # opening a connection needs a task (_connect); no commit is written meanwhile, so
+    # commits reach Redis in the order they were handed in.
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():  # (tests run one log per loop)
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _add(self, request: _Request) -> None:
         self._pending.append(request)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._commit_loop())
+        self._schedule()
 
-    async def _commit_loop(self) -> None:
-        """Send commits as they gather; at most MAX_IN_FLIGHT wait for replies at once, so
-        a lone message never queues behind an unrelated commit, yet batches still form."""
-        in_flight: deque[asyncio.Future[None]] = deque()
+    def _schedule(self) -> None:
+        if not self._scheduled and self._task is None:
+            self._scheduled = True
+            self._running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Write what is pending, with at most MAX_IN_FLIGHT commits unanswered (the rest
+        gathers until a reply comes); with no connection open, start _connect."""
+        self._scheduled = False
+        while self._pending and self._in_flight < MAX_IN_FLIGHT and self._task is None:
+            batch, self._pending = self._pending, []
+            calls, spans = self._prepare(batch)
+            self._in_flight += 1  # before the write: a closing socket answers at once
+            if not self._raw.post_open(calls, self._on_replies(spans)):
+                self._in_flight -= 1
+                self._task = self._running_loop().create_task(self._connect(calls, spans))
+                return
+        self._check_drained()
+
+    async def _connect(self, calls: list[list[Any]], spans: list[_Span]) -> None:
+        """Open the connection and write the commit that found none; if it cannot be
+        opened, that commit fails (nothing was written) and the next pump tries again."""
         try:
-            while self._pending or in_flight:
-                if not self._pending or len(in_flight) >= MAX_IN_FLIGHT:
-                    await in_flight.popleft()  # only ever set_result: never raises
-                    continue
-                batch, self._pending = self._pending, []
-                in_flight.append(await self._commit(batch))
+            await self._raw.connect()
+        except Exception as exc:
+            self._failed(spans, exc)
+        else:
+            self._in_flight += 1
+            if not self._raw.post_open(calls, self._on_replies(spans)):
+                self._in_flight -= 1  # lost again at once: nothing was written
+                self._failed(spans, ConnectionError("the connection to Redis closed"))
         finally:
             self._task = None
+        if self._pending:
+            self._schedule()
+        else:
+            self._check_drained()
 
-    async def _commit(self, batch: list[_Request]) -> asyncio.Future[None]:
-        """Send one commit; the returned future is done once its callbacks have run."""
+    def _answered(self) -> None:
+        self._in_flight -= 1
+        if self._pending:
+            self._schedule()
+        else:
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained and not (self._pending or self._in_flight or self._task is not None):
+            waiters, self._drained = self._drained, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _prepare(self, batch: list[_Request]) -> tuple[list[list[Any]], list[_Span]]:
+        """One commit's EVALs, in KINDS order, and where each request's outcomes are."""
         now = repr(self._clock())
         calls: list[list[Any]] = []  # EVAL arguments
-        spans: list[tuple[_Request, int, int]] = []  # request, first call, first item
-        for kind in KINDS:
-            requests = [r for r in batch if r.kind == kind]
+        spans: list[_Span] = []  # request, first call, first item
+        kinds = {r.kind for r in batch}
+        for kind in KINDS if len(kinds) > 1 else kinds:
+            requests = [r for r in batch if r.kind == kind] if len(kinds) > 1 else batch
             if not requests:
                 continue
             items: list[Any] = []
@@ -350,28 +410,25 @@ class WriteAheadLog:
             for start in range(0, len(items), MAX_SCRIPT_BATCH):
                 chunk = items[start : start + MAX_SCRIPT_BATCH]
                 calls.append(["EVAL", self._bodies[kind], *self._script_args(kind, chunk, now)])
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        return calls, spans
 
+    def _on_replies(self, spans: list[_Span]) -> resp.OnReplies:
         def delivered(replies: resp.Replies) -> None:
             # Called from the socket's data_received, in send order: callbacks run in
             # commit order, with no task switch between Redis's reply and the callers.
-            if isinstance(replies, BaseException):
-                self._failed(spans, replies)
-            else:
-                self.commits += 1
-                for request, first_call, first_item in spans:
-                    self._deliver(request, replies, first_call, first_item)
-            if not done.done():  # the commit loop was cancelled meanwhile (never, today)
-                done.set_result(None)
+            try:
+                if isinstance(replies, BaseException):
+                    self._failed(spans, replies)
+                else:
+                    self.commits += 1
+                    for request, first_call, first_item in spans:
+                        self._deliver(request, replies, first_call, first_item)
+            finally:
+                self._answered()
 
-        try:
-            await self._raw.post(calls, delivered)
-        except Exception as exc:  # no connection: nothing was written
-            self._failed(spans, exc)
-            done.set_result(None)
-        return done
+        return delivered
 
-    def _failed(self, spans: list[tuple[_Request, int, int]], exc: BaseException) -> None:
+    def _failed(self, spans: list[_Span], exc: BaseException) -> None:
         # Anything but Redis away (a bug of ours, a garbled reply) is the log's own failure.
         error = (
             translate(exc, then="the commit's outcome is unknown")

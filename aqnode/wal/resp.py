@@ -110,6 +110,24 @@ class PipelinedConnection:
         # commits unanswered, so the buffer stays small).
         protocol.write(b"".join(data), len(commands), done)
 
+    def post_open(self, commands: Sequence[Sequence[Arg]], done: OnReplies) -> bool:
+        """:meth:`post` on the connection already open; False (``done`` is not called,
+        nothing is written) when there is none."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            return False
+        data: list[bytes] = []
+        for command in commands:
+            data.extend(pack(command))
+        protocol.write(b"".join(data), len(commands), done)
+        return True
+
+    async def connect(self) -> None:
+        """Open the connection unless it is open; raises if it cannot be opened."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            await self._connection()
+
     async def _connection(self) -> _ReplyProtocol:
         async with self._opening:
             protocol = self._protocol
