@@ -1,0 +1,93 @@
+"""The log's group commit against a real Redis: every request gets exactly one outcome, in
+the order requests were handed in, with at most MAX_IN_FLIGHT commits unanswered; flush()
+returns only once everything handed in is answered; a Redis that goes away fails what
+was in flight and the log reconnects for what comes next."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from aqnode import errors
+from aqnode.wal import EnqueueEntry, LogKeys, WriteAheadLog
+from aqnode.wal.log import MAX_IN_FLIGHT, Applied, Failed, Outcome
+from tests.redis_fixture import RedisServer
+
+
+def _entry(mid: str) -> EnqueueEntry:
+    return EnqueueEntry(mid, "counter", "Incr", "c1", b"\x80", time.time())
+
+
+async def _log(url: str) -> tuple[aioredis.Redis, WriteAheadLog]:
+    client = aioredis.Redis.from_url(url, socket_timeout=5.0)
+    wal = WriteAheadLog(client, LogKeys("aq", "gc"), entry_ttl_s=60, clock=time.time)
+    await wal.start()
+    return client, wal
+
+
+def test_requests_handed_in_over_many_iterations_commit_in_order_and_flush_waits(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        client, wal = await _log(redis_url)
+        answered: list[tuple[int, list[Outcome]]] = []
+        most_in_flight = 0
+
+        def done(i: int) -> object:
+            def record(outcomes: list[Outcome]) -> None:
+                nonlocal most_in_flight
+                most_in_flight = max(most_in_flight, wal._in_flight)
+                answered.append((i, outcomes))
+
+            return record
+
+        for i in range(300):
+            wal.enqueue([_entry(f"m{i}-a"), _entry(f"m{i}-b")], done(i))
+            if i % 7 == 0:
+                await asyncio.sleep(0)  # some requests alone, some gathered
+        await wal.flush()
+        assert [i for i, _ in answered] == list(range(300))  # each once, in hand-in order
+        seqs = [o.seq for _, outcomes in answered for o in outcomes if isinstance(o, Applied)]
+        assert len(seqs) == 600 and seqs == sorted(seqs)  # the log's order is hand-in order
+        assert 1 <= most_in_flight <= MAX_IN_FLIGHT
+        assert wal.commits < 300  # requests of one loop iteration share a commit
+        await wal.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_redis_gone_fails_what_is_in_flight_and_the_log_reconnects_after(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    async def scenario() -> None:
+        client, wal = await _log(redis_url)
+
+        async def commit(mid: str) -> Outcome:
+            future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+            wal.enqueue([_entry(mid)], future.set_result)
+            return (await asyncio.wait_for(future, 30.0))[0]
+
+        assert isinstance(await commit("before"), Applied)
+        redis_server.stop()
+        try:
+            gone = await commit("while-gone")
+            assert isinstance(gone, Failed) and gone.error.code == errors.REDIS_UNAVAILABLE
+            await asyncio.wait_for(wal.flush(), 30.0)  # nothing left owed
+        finally:
+            redis_server.start()
+        # A new connection for what comes next; handed in together, answered in order.
+        futures = [asyncio.get_running_loop().create_future() for _ in range(3)]
+        for i, future in enumerate(futures):
+            wal.enqueue([_entry(f"after-{i}")], future.set_result)
+        outcomes = [(await asyncio.wait_for(f, 30.0))[0] for f in futures]
+        assert all(isinstance(o, Applied) for o in outcomes), outcomes
+        assert [o.seq for o in outcomes if isinstance(o, Applied)] == sorted(
+            o.seq for o in outcomes if isinstance(o, Applied)
+        )
+        await wal.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
