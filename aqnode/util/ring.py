@@ -10,6 +10,9 @@ import bisect
 import hashlib
 
 VNODES_PER_SHARD = 160  #: ring points per shard; evens out the slices
+#: entity keys whose shard a HashRing remembers (a hash and a bisect saved per message
+#: of a busy entity); emptied when full, so its memory stays bounded
+SHARD_CACHE_SIZE = 4096
 
 
 def _point(data: str) -> int:
@@ -28,12 +31,18 @@ class HashRing:
         )
         self._points = [p for p, _ in points]
         self._shards = [s for _, s in points]
+        self._cache: dict[str, int] = {}  #: the ring never changes: entries never go stale
 
     def shard_for(self, entity_key: str) -> int:
         if self.shard_count == 1:
             return 0
-        i = bisect.bisect(self._points, _point(entity_key))
-        return self._shards[i % len(self._shards)]
+        shard = self._cache.get(entity_key)
+        if shard is None:
+            if len(self._cache) >= SHARD_CACHE_SIZE:
+                self._cache.clear()
+            i = bisect.bisect(self._points, _point(entity_key))
+            shard = self._cache[entity_key] = self._shards[i % len(self._shards)]
+        return shard
 
 
 def entity_key(entity_type: str, entity_id: str) -> str:

@@ -132,3 +132,19 @@ def test_entity_key_joins_type_and_id_with_a_colon() -> None:
     assert entity_key("order", "a:b:c") == "order:a:b:c"
     assert entity_key("order", "a:b:c").split(":", 1) == ["order", "a:b:c"]
     assert entity_key("order", "") == "order:"
+
+
+def test_the_shard_cache_answers_like_the_ring_and_stays_bounded() -> None:
+    from aqnode.util.ring import SHARD_CACHE_SIZE
+
+    keys = [entity_key("order", f"o-{i}") for i in range(SHARD_CACHE_SIZE * 2 + 7)]
+    cached = HashRing(3)
+    first = [cached.shard_for(k) for k in keys]
+    again = [cached.shard_for(k) for k in keys]  # half from the cache, across its emptying
+    uncached = HashRing(3)
+    fresh = []
+    for k in keys:  # each a lookup on the ring itself
+        uncached._cache.clear()
+        fresh.append(uncached.shard_for(k))
+    assert first == again == fresh
+    assert 0 < len(cached._cache) <= SHARD_CACHE_SIZE
