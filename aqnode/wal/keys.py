@@ -33,6 +33,7 @@ scripts touch one slot; every key expires a day after the last publish::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 def nodes_key(prefix: str) -> str:
@@ -41,36 +42,42 @@ def nodes_key(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class LogKeys:
+    """One node's log keys (cached: the log names them for every message it commits)."""
+
     prefix: str
     node_id: str
 
-    @property
+    @cached_property
     def base(self) -> str:
         return f"{self.prefix}:{{{self.node_id}}}"
 
-    @property
+    @cached_property
     def seq(self) -> str:
         return f"{self.base}:seq"
 
-    @property
+    @cached_property
     def live(self) -> str:
         return f"{self.base}:live"
 
-    @property
+    @cached_property
     def done(self) -> str:
         return f"{self.base}:done"
 
-    @property
+    @cached_property
     def dlq(self) -> str:
         return f"{self.base}:dlq"
 
-    @property
+    @cached_property
     def fence(self) -> str:
         return f"{self.base}:fence"
 
-    @property
+    @cached_property
     def nodes(self) -> str:
         return nodes_key(self.prefix)
+
+    @cached_property
+    def entry_prefix(self) -> str:
+        return f"{self.base}:m:"
 
     def entry(self, message_id: str) -> str:
         return f"{self.base}:m:{message_id}"

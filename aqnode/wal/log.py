@@ -459,7 +459,8 @@ class WriteAheadLog:
 
     def _script_args(self, kind: str, items: Sequence[Any], now: str) -> list[Any]:
         keys = self.keys
-        entries = [keys.entry(_id_of(item)) for item in items]
+        prefix = keys.entry_prefix
+        entries = [prefix + _id_of(item) for item in items]
         args: list[Any]
         if kind == "dispatch":
             return [len(entries) + 1, keys.fence, *entries, now]
