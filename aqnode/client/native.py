@@ -41,6 +41,7 @@ from aqnode.native import (
     Welcome,
 )
 from aqnode.util.hostport import parse_host_port
+from aqnode.util.loops import LoopRef
 from aqnode.v1 import aqnode_pb2 as pb
 
 #: seconds to open the socket and hear the node's Welcome
@@ -62,6 +63,7 @@ class NativeConnection:
         self._ids = itertools.count(1)
         self._futures: dict[int, asyncio.Future[SendResult]] = {}
         self._asks: dict[int, asyncio.Future[StatusAnswer | RegistryAnswer]] = {}
+        self._loop = LoopRef()
         self.failures = 0  #: connections that broke since the last answer
         self.server_id = ""
 
@@ -105,7 +107,7 @@ class NativeConnection:
         if marks != NO_MARKS:
             raise ValueError("forwarded calls travel over gRPC, not the native protocol")
         self.connect()
-        loop = asyncio.get_running_loop()
+        loop = self._loop.get()
         futures = []
         for env in envelopes:
             call_id = next(self._ids)

@@ -33,6 +33,7 @@ from aqnode.config import NodeConfig, RetryPolicy
 from aqnode.context import Context
 from aqnode.shard.bus import ContextBus, ShardBus
 from aqnode.util.backoff import doubling
+from aqnode.util.loops import LoopRef
 
 log = logging.getLogger("aqnode.worker")
 
@@ -83,6 +84,7 @@ class WorkerPool:
         self.lease_until = math.inf
         self._lease_renewed = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
+        self._loop = LoopRef()
         self.handled = 0
         self.draining = False  # set on Stop: running handlers finish, nothing new starts
         self.queued = 0  # messages in all queues, the running ones included
@@ -104,7 +106,7 @@ class WorkerPool:
         self.queued += 1
         if not worker.running:
             worker.running = True
-            task = asyncio.get_running_loop().create_task(self._run(worker))
+            task = self._loop.get().create_task(self._run(worker))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -206,7 +208,7 @@ class WorkerPool:
         tries = 0
         while True:
             future: asyncio.Future[ipc.DispatchResult | ipc.RetryResult]
-            future = asyncio.get_running_loop().create_future()
+            future = self._loop.get().create_future()
             self._asking[item.message_id] = future
             self._send(item)
             result = await future
@@ -254,7 +256,7 @@ class WorkerPool:
             outcome = ipc.Outcome(
                 item.message_id, True, encoded, None, started_at, time.perf_counter() - started
             )
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop.get())
         if task is not None and task.cancelling():
             # The handler cancelled the task it ran in (this worker's; nothing else ever
             # cancels a worker): that cancellation was its own failure, not the worker's.
@@ -299,7 +301,7 @@ class WorkerPool:
                 return await _Leased(func(*args), self)
             return await func(*args)
         # A plain def runs in a thread so that it does not stall other entities.
-        return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+        return await self._loop.get().run_in_executor(None, func, *args)
 
     # ---- idle teardown ---------------------------------------------------------------
 

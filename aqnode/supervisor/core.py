@@ -39,6 +39,7 @@ from aqnode.supervisor.live import (
 from aqnode.supervisor.metrics import NodeMetrics
 from aqnode.supervisor.placement import STANDALONE, Placement
 from aqnode.supervisor.registry import RegistryPublisher
+from aqnode.util.loops import LoopRef
 from aqnode.util.ring import HashRing, entity_key
 from aqnode.validation import Validator
 from aqnode.wal import (
@@ -65,6 +66,7 @@ class NodeCore:
         self.validator = validator
         self.wal = wal
         self.ring = HashRing(shards)
+        self._loop = LoopRef()
         self.ledger = Ledger(shards)
         self.metrics = NodeMetrics()
         self.lifecycle = ShardLifecycle(config, wal, self.ring, self.ledger, self.metrics)
@@ -347,9 +349,7 @@ class NodeCore:
         elif not a.call.wait:
             a.call.reply(SendResult(a.message_id, True))
         else:
-            asyncio.get_running_loop().create_task(
-                self._answer_from_log(a.message_id, a.call, state)
-            )
+            self._loop.get().create_task(self._answer_from_log(a.message_id, a.call, state))
 
     def _answer_when_done(self, msg: LiveMessage, call: Call) -> None:
         if call.wait:
@@ -385,7 +385,7 @@ class NodeCore:
         timeout_ms = call.timeout_ms or self._reply_timeouts.get(
             msg.entity_type, self._default_reply_timeout
         )
-        waiter.timer = asyncio.get_running_loop().call_later(
+        waiter.timer = self._loop.get().call_later(
             timeout_ms / 1000, self._wait_timed_out, msg, waiter, timeout_ms
         )
         msg.waiters.append(waiter)
@@ -622,7 +622,7 @@ class NodeCore:
             else:
                 self.ledger.drop(msg, SendResult(msg.message_id, False, error=outcome.error))
         if again:
-            asyncio.get_running_loop().call_later(LOG_RETRY_S, self._finish, again)
+            self._loop.get().call_later(LOG_RETRY_S, self._finish, again)
 
     def running_shards(self) -> set[int]:
         """Shards that may be running a handler (a message of theirs is `dispatched`)."""

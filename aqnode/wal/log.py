@@ -23,6 +23,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 
 from aqnode import errors
+from aqnode.util.loops import LoopRef
 from aqnode.wal import resp
 from aqnode.wal.keys import LogKeys
 from aqnode.wal.redis_errors import SCRIPT_MISSING, UNREACHABLE, translate, translated
@@ -156,7 +157,7 @@ class WriteAheadLog:
         self._shas: dict[str, str] = {}
         self._raw = resp.PipelinedConnection(client, keys.base)
         self._pending: list[_Request] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = LoopRef()
         self._scheduled = False  #: a _pump is due on the loop
         self._in_flight = 0  #: commits written and not yet answered (or failed)
         #: opens the connection when none is open; no commit is written meanwhile
@@ -308,7 +309,7 @@ class WriteAheadLog:
     async def flush(self) -> None:
         """Wait until everything handed in so far is committed (or failed)."""
         while self._pending or self._in_flight or self._task is not None:
-            waiter = self._running_loop().create_future()
+            waiter = self._loop.get().create_future()
             self._drained.append(waiter)
             await waiter
 
@@ -328,12 +329,6 @@ class WriteAheadLog:
     # opening a connection needs a task (_connect); no commit is written meanwhile, so
     # commits reach Redis in the order they were handed in.
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is None or loop.is_closed():  # (tests run one log per loop)
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
-
     def _add(self, request: _Request) -> None:
         self._pending.append(request)
         self._schedule()
@@ -341,7 +336,7 @@ class WriteAheadLog:
     def _schedule(self) -> None:
         if not self._scheduled and self._task is None:
             self._scheduled = True
-            self._running_loop().call_soon(self._pump)
+            self._loop.get().call_soon(self._pump)
 
     def _pump(self) -> None:
         """Write what is pending, with at most MAX_IN_FLIGHT commits unanswered (the rest
@@ -353,7 +348,7 @@ class WriteAheadLog:
             self._in_flight += 1  # before the write: a closing socket answers at once
             if not self._raw.post_open(calls, self._on_replies(spans)):
                 self._in_flight -= 1
-                self._task = self._running_loop().create_task(self._connect(calls, spans))
+                self._task = self._loop.get().create_task(self._connect(calls, spans))
                 return
         self._check_drained()
 
