@@ -35,7 +35,7 @@ Scenarios (see BENCHMARKS.md for the method):
   idle timeout; the node's peak RSS and its RSS once every worker is torn down.
 
 ``--quick`` (the default) runs throughput (a reduced matrix), realio, latency, shards and
-memory in about 2.5 minutes on 2 cores (realio: about 35 s); ``--full`` runs the whole
+memory in about 3.5 minutes on 2 cores (realio: about 55 s); ``--full`` runs the whole
 matrix, bigger sizes, and ``million`` (about 10 minutes).
 
 The benchmark process runs on the same machine as the node and Redis and competes with
@@ -757,7 +757,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument(
         "--quick",
         action="store_true",
-        help="(default) reduced matrix and sizes, no million run: about 2.5 minutes",
+        help="(default) reduced matrix and sizes, no million run: about 3.5 minutes",
     )
     mode.add_argument(
         "--full", action="store_true", help="the whole matrix, bigger sizes, and million"
