@@ -344,25 +344,43 @@ class WriteAheadLog:
         self._scheduled = False
         while self._pending and self._in_flight < MAX_IN_FLIGHT and self._task is None:
             batch, self._pending = self._pending, []
-            calls, spans = self._prepare(batch)
-            self._in_flight += 1  # before the write: a closing socket answers at once
-            if not self._raw.post_open(calls, self._on_replies(spans)):
-                self._in_flight -= 1
+            try:
+                calls, spans = self._prepare(batch)
+            except Exception as exc:  # a bug of ours: these requests fail, the log goes on
+                log.exception("a commit could not be encoded")
+                self._failed([(r, 0, 0) for r in batch], exc)
+                continue
+            if not self._write(calls, spans):
                 self._task = self._loop.get().create_task(self._connect(calls, spans))
                 return
         self._check_drained()
+
+    def _write(self, calls: list[list[Any]], spans: list[_Span]) -> bool:
+        """Write one commit on the open connection: True once it is written or has failed
+        (its requests were told); False, nothing written, when no connection is open."""
+        self._in_flight += 1  # before the write: a closing socket answers at once
+        try:
+            written = self._raw.post_open(calls, self._on_replies(spans))
+        except Exception as exc:  # a value RESP cannot carry (a bug of ours): not written
+            self._in_flight -= 1
+            log.exception("a commit could not be encoded")
+            self._failed(spans, exc)
+            return True
+        if not written:
+            self._in_flight -= 1
+        return written
 
     async def _connect(self, calls: list[list[Any]], spans: list[_Span]) -> None:
         """Open the connection and write the commit that found none; if it cannot be
         opened, that commit fails (nothing was written) and the next pump tries again."""
         try:
             await self._raw.connect()
-        except Exception as exc:
+        except BaseException as exc:  # (cancelled too: every request gets its outcome)
             self._failed(spans, exc)
+            if not isinstance(exc, Exception):
+                raise
         else:
-            self._in_flight += 1
-            if not self._raw.post_open(calls, self._on_replies(spans)):
-                self._in_flight -= 1  # lost again at once: nothing was written
+            if not self._write(calls, spans):  # lost again at once: nothing was written
                 self._failed(spans, ConnectionError("the connection to Redis closed"))
         finally:
             self._task = None

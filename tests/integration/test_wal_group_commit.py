@@ -91,3 +91,31 @@ def test_redis_gone_fails_what_is_in_flight_and_the_log_reconnects_after(
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_commit_that_cannot_be_encoded_fails_its_requests_and_the_log_goes_on(
+    redis_url: str,
+) -> None:
+    """An item RESP cannot carry (a bug of ours, never user input: payloads arrive as
+    bytes) fails the commit it is in, nothing of it written; later commits go through,
+    and no request is left without an outcome or stuck behind it."""
+
+    async def scenario() -> None:
+        client, wal = await _log(redis_url)
+        loop = asyncio.get_running_loop()
+        before, bad, after = (loop.create_future() for _ in range(3))
+        wal.enqueue([_entry("ok-1")], before.set_result)
+        await asyncio.wait_for(before, 30.0)
+        broken = _entry("broken")
+        broken.payload = object()  # type: ignore[assignment]
+        wal.enqueue([broken], bad.set_result)
+        outcome = (await asyncio.wait_for(bad, 30.0))[0]
+        assert isinstance(outcome, Failed) and "TypeError" in outcome.error.message
+        wal.enqueue([_entry("ok-2")], after.set_result)
+        assert isinstance((await asyncio.wait_for(after, 30.0))[0], Applied)
+        await asyncio.wait_for(wal.flush(), 30.0)  # nothing is left owed
+        assert await client.exists(LogKeys("aq", "gc").entry("broken")) == 0
+        await wal.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
