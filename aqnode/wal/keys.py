@@ -80,7 +80,7 @@ class LogKeys:
         return f"{self.base}:m:"
 
     def entry(self, message_id: str) -> str:
-        return f"{self.base}:m:{message_id}"
+        return self.entry_prefix + message_id
 
 
 @dataclass(frozen=True)

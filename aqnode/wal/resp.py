@@ -100,15 +100,13 @@ class PipelinedConnection:
         """Write ``commands`` now; ``done`` gets their replies, or the exception that
         ended the connection first (then their outcome is unknown), exactly once. Raises
         (and never calls ``done``) if no connection could be opened."""
-        data: list[bytes] = []
-        for command in commands:
-            data.extend(pack(command))
+        data = _encode(commands)
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connection()  # raises: then ``done`` is never called
         # Straight into the transport (no drain: the log keeps at most MAX_IN_FLIGHT
         # commits unanswered, so the buffer stays small).
-        protocol.write(b"".join(data), len(commands), done)
+        protocol.write(data, len(commands), done)
 
     def post_open(self, commands: Sequence[Sequence[Arg]], done: OnReplies) -> bool:
         """:meth:`post` on the connection already open; False (``done`` is not called,
@@ -116,10 +114,7 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             return False
-        data: list[bytes] = []
-        for command in commands:
-            data.extend(pack(command))
-        protocol.write(b"".join(data), len(commands), done)
+        protocol.write(_encode(commands), len(commands), done)
         return True
 
     async def connect(self) -> None:
@@ -284,6 +279,13 @@ class _ReplyProtocol(asyncio.Protocol):
         waiting, self._waiting = self._waiting, deque()
         for _, done in waiting:
             _call(done, exc)
+
+
+def _encode(commands: Sequence[Sequence[Arg]]) -> bytes:
+    data: list[bytes] = []
+    for command in commands:
+        data.extend(pack(command))
+    return b"".join(data)
 
 
 def _call(done: OnReplies, replies: Replies) -> None:

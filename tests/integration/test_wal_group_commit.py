@@ -119,3 +119,41 @@ def test_a_commit_that_cannot_be_encoded_fails_its_requests_and_the_log_goes_on(
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_redis_that_stops_answering_fails_the_commits_owed_and_the_log_goes_on(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """Redis frozen mid-call (SIGSTOP: the socket stays open, nothing comes back): the
+    commits written meanwhile each get one failed outcome at the socket time-out, none
+    hangs; once Redis answers again, the next commit goes through."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+        wal = WriteAheadLog(client, LogKeys("aq", "gc"), entry_ttl_s=60, clock=time.time)
+        await wal.start()
+        loop = asyncio.get_running_loop()
+        first = loop.create_future()
+        wal.enqueue([_entry("before-freeze")], first.set_result)
+        assert isinstance((await asyncio.wait_for(first, 30.0))[0], Applied)
+        redis_server.freeze()
+        try:
+            owed = [loop.create_future() for _ in range(5)]
+            for i, future in enumerate(owed):
+                wal.enqueue([_entry(f"frozen-{i}")], future.set_result)
+                await asyncio.sleep(0)  # several commits, some in flight, some gathering
+            outcomes = [(await asyncio.wait_for(f, 30.0))[0] for f in owed]
+            assert all(isinstance(o, Failed) for o in outcomes), outcomes
+            assert all(
+                o.error.code == errors.REDIS_UNAVAILABLE for o in outcomes if isinstance(o, Failed)
+            )
+        finally:
+            redis_server.thaw()
+        after = loop.create_future()
+        wal.enqueue([_entry("after-thaw")], after.set_result)
+        assert isinstance((await asyncio.wait_for(after, 30.0))[0], Applied)
+        await asyncio.wait_for(wal.flush(), 30.0)
+        await wal.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
