@@ -6,6 +6,7 @@
 --
 -- Only entries still in a terminal state are deleted (an entry is never evicted under a
 -- running message). Returns the number of entries deleted.
+local CHUNK = 1000  -- ids per ZREM, far under unpack's stack limit
 local deleted = 0
 for i = 1, #ARGV do
   local key = KEYS[i + 1]
@@ -14,6 +15,8 @@ for i = 1, #ARGV do
     redis.call('DEL', key)
     deleted = deleted + 1
   end
-  redis.call('ZREM', KEYS[1], ARGV[i])
+end
+for first = 1, #ARGV, CHUNK do
+  redis.call('ZREM', KEYS[1], unpack(ARGV, first, math.min(#ARGV, first + CHUNK - 1)))
 end
 return deleted

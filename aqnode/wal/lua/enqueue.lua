@@ -15,9 +15,15 @@
 --
 -- Returns one value per message: its new sequence number (an integer), or, when the id is
 -- already known (an idempotency key sent again), its current state (a string).
+--
+-- The live index is written with one ZADD per CHUNK messages, after the loop: a
+-- redis.call costs about as much as the command it runs, and the script is atomic, so
+-- where in it the index is written does not show.
+local CHUNK = 1000  -- members per ZADD: 2,000 arguments, far under unpack's stack limit
 local ttl = tonumber(ARGV[1])
 local n = #KEYS - 3
 local results = {}
+local live = {}  -- ZADD's arguments: sequence, id, ...
 if redis.call('EXISTS', KEYS[1]) == 1 then
   for i = 1, n do results[i] = 'fenced' end
   return results
@@ -42,8 +48,12 @@ for i = 1, n do
         'enqueued_at', ARGV[a + 5], 'seq', seq, 'attempts', 0)
     end
     redis.call('EXPIRE', key, ttl)
-    redis.call('ZADD', KEYS[3], seq, ARGV[a])
+    live[#live + 1] = seq
+    live[#live + 1] = ARGV[a]
     results[i] = seq
   end
+end
+for first = 1, #live, 2 * CHUNK do
+  redis.call('ZADD', KEYS[3], unpack(live, first, math.min(#live, first + 2 * CHUNK - 1)))
 end
 return results

@@ -10,26 +10,45 @@
 --
 -- Returns one value per message: 1 when it moved `dispatched -> completed|failed`, else
 -- its current state (or 'missing'), which is left as it was.
+--
+-- The indexes are written with one variadic ZREM / ZADD per CHUNK messages, after the
+-- loop (the script is atomic: where in it they are written does not show).
+local CHUNK = 1000  -- members per call, far under unpack's stack limit
 local now = ARGV[1]
 local results = {}
+local gone = {}  -- ids that leave the live index
+local done = {}  -- ZADD arguments for the terminal index: now, id, ...
+local dead = {}  -- the same for the dead-letter index
 for i = 1, #KEYS - 3 do
   local key = KEYS[i + 3]
   local a = 2 + (i - 1) * 5
   local state = redis.call('HGET', key, 'state')
   if state == 'dispatched' then
-    redis.call('HSET', key, 'state', ARGV[a + 1], 'finished_at', now,
-      'reply', ARGV[a + 2], 'error', ARGV[a + 3])
-    redis.call('ZREM', KEYS[1], ARGV[a])
+    local index = done
     if ARGV[a + 4] == '1' then
-      redis.call('HSET', key, 'reason', 'exhausted', 'dead_lettered_at', now)
+      redis.call('HSET', key, 'state', ARGV[a + 1], 'finished_at', now, 'reply', ARGV[a + 2],
+        'error', ARGV[a + 3], 'reason', 'exhausted', 'dead_lettered_at', now)
       redis.call('PERSIST', key)
-      redis.call('ZADD', KEYS[3], now, ARGV[a])
+      index = dead
     else
-      redis.call('ZADD', KEYS[2], now, ARGV[a])
+      redis.call('HSET', key, 'state', ARGV[a + 1], 'finished_at', now,
+        'reply', ARGV[a + 2], 'error', ARGV[a + 3])
     end
+    gone[#gone + 1] = ARGV[a]
+    index[#index + 1] = now
+    index[#index + 1] = ARGV[a]
     results[i] = 1
   else
     results[i] = state or 'missing'
   end
+end
+for first = 1, #gone, CHUNK do
+  redis.call('ZREM', KEYS[1], unpack(gone, first, math.min(#gone, first + CHUNK - 1)))
+end
+for first = 1, #done, 2 * CHUNK do
+  redis.call('ZADD', KEYS[2], unpack(done, first, math.min(#done, first + 2 * CHUNK - 1)))
+end
+for first = 1, #dead, 2 * CHUNK do
+  redis.call('ZADD', KEYS[3], unpack(dead, first, math.min(#dead, first + 2 * CHUNK - 1)))
 end
 return results
