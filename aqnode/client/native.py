@@ -114,7 +114,7 @@ class NativeConnection:
             future: asyncio.Future[SendResult] = loop.create_future()
             self._futures[call_id] = future
             futures.append(future)
-            self._put(Send(call_id, env, wait, timeout_ms))
+            self._put(Send(call_id, env, wait, timeout_ms), alone=len(envelopes) == 1)
         return futures
 
     def forget(self, futures: list[asyncio.Future[SendResult]]) -> None:
@@ -169,11 +169,14 @@ class NativeConnection:
 
     # ---- the connection ---------------------------------------------------------------
 
-    def _put(self, item: ToNode) -> None:
-        if self._channel is not None and not self._channel.closed:
-            self._channel.send(item)
-        else:
+    def _put(self, item: ToNode, alone: bool = False) -> None:
+        channel = self._channel
+        if channel is None or channel.closed:
             self._outbox.append(item)
+        elif alone:
+            channel.send_now(item)
+        else:
+            channel.send(item)
 
     async def _run(self) -> None:
         channel: Channel | None = None

@@ -241,6 +241,20 @@ class FrameChannel(Generic[In, Out]):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def send_now(self, item: Out) -> bool:
+        """Like :meth:`send`, but written at once when nothing else is queued, so that a
+        lone item (one call at a time) goes out without waiting a loop turn; what follows
+        in the same tick is queued behind it as usual. True when everything sent so far,
+        ``item`` included, is in the kernel now: no :meth:`confirm` is needed for it."""
+        if self._flush_scheduled or self._writer.is_closing():
+            self.send(item)
+            return False
+        self._write([item])
+        # What else is sent in this tick is queued, and goes out in one frame at its end.
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
+        return self._writer.transport.get_write_buffer_size() == 0
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         items, self._pending = self._pending, []

@@ -62,7 +62,10 @@ class Shard:
         check_config_against(catalogue, config)
         self.bus.max_payload_bytes = config.max_payload_bytes
         self.catalogue = catalogue
-        self.pool = WorkerPool(config, catalogue, self.channel.send, self.bus, self.channel.confirm)
+        channel = self.channel
+        self.pool = WorkerPool(
+            config, catalogue, channel.send, self.bus, channel.confirm, channel.send_now
+        )
 
     async def serve(self, heartbeat_s: float) -> int:
         assert self.pool is not None

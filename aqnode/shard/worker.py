@@ -61,12 +61,15 @@ class WorkerPool:
         send: Callable[[Any], None],
         shard_bus: ShardBus,
         confirm: Callable[[], Awaitable[None]] | None = None,
+        send_now: Callable[[Any], bool] | None = None,
     ) -> None:
         self._config = config
         self._catalogue = catalogue
         self._send = send
         #: resolves once every item sent so far is in the kernel (see ipc.Started)
         self._confirm = confirm or _nothing_to_confirm
+        #: writes at once when nothing is queued: True if it is in the kernel already
+        self._send_now = send_now or _queued(send)
         self._shard_bus = shard_bus
         self._max_reply_bytes = config.max_reply_bytes
         self._idle_timeouts = {
@@ -169,7 +172,7 @@ class WorkerPool:
     def _finish(self, worker: EntityWorker, outcome: ipc.Outcome) -> None:
         self._pop(worker)
         self.handled += 1
-        self._send(outcome)
+        self._send_now(outcome)
 
     def set_lease(self, until: float) -> None:
         self.lease_until = until
@@ -193,8 +196,10 @@ class WorkerPool:
             )
             return ipc.Outcome(item.message_id, False, b"", error.to_dict())
         item.dispatched = False  # consumed before the call: nothing can make it run again
-        self._send(ipc.Started(item.message_id))
-        await self._confirm()  # a crash from here on is known to have interrupted it
+        # A crash from the moment Started is in the kernel is known to have interrupted
+        # it: written at once when nothing is queued (no loop turn), else confirmed.
+        if not self._send_now(ipc.Started(item.message_id)):
+            await self._confirm()
         return await self._execute(item)
 
     def _pop(self, worker: EntityWorker) -> None:
@@ -397,6 +402,14 @@ class _Leased:
                 value = yield step
             except BaseException as exc:  # e.g. a cancellation: handed to the handler
                 value, error = None, exc
+
+
+def _queued(send: Callable[[Any], None]) -> Callable[[Any], bool]:
+    def send_now(item: Any) -> bool:
+        send(item)
+        return False  # queued: confirm() says when it is in the kernel
+
+    return send_now
 
 
 async def _nothing_to_confirm() -> None:

@@ -201,7 +201,10 @@ class NativeServer:
 def _reply(channel: Channel, call_id: int) -> Callable[[SendResult], None]:
     def reply(result: SendResult) -> None:
         if not channel.closed:  # a client that went away: its answers have nowhere to go
-            channel.send(Answer(call_id, result))
+            # The first answer of a loop iteration goes out at once: a client awaiting one
+            # call at a time sends its next one sooner; the rest of the tick's answers share
+            # one frame after it.
+            channel.send_now(Answer(call_id, result))
 
     return reply
 

@@ -171,7 +171,9 @@ class ShardLink:
 
     def send(self, item: ipc.ToShard) -> None:
         if self.channel is not None:
-            self.channel.send(item)
+            # The first item of a loop iteration goes out at once (a lone message reaches
+            # its shard a loop turn sooner); the rest of the tick's share a frame after it.
+            self.channel.send_now(item)
 
     async def wait(self) -> int:
         """Wait for the process to exit; its exit code (negative: killed by a signal)."""

@@ -10,6 +10,8 @@ the same real node.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import struct
 import time
@@ -279,3 +281,34 @@ def test_with_tls_there_is_no_plaintext_native_socket(tmp_path: Path, redis_url:
     with running_node(tmp_path / "n", redis_url, tls=tls) as node:
         assert node.status().native_socket == ""
         assert not (node.config_path.parent / "data" / "native.sock").exists()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_node_that_never_answers_times_the_call_out_on_the_client(
+    native_node: Node, transport: str
+) -> None:
+    """The client's own deadline (the call's timeout plus a grace period) ends a wait
+    that the node never answers (here: the node is stopped with SIGSTOP), with a
+    REPLY_TIMEOUT naming the wait; the same client works again once the node is back."""
+
+    name = f"stopped-{transport}"
+
+    async def run() -> tuple[AqError, float, Any]:
+        async with Client(address_of(native_node, transport)) as client:
+            await client.enqueue_and_wait(Incr(name=name), timeout=30)  # connected
+            os.killpg(native_node.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(AqError) as timed_out:
+                    call = client.enqueue_and_wait(Incr(name=name), timeout=0.2)
+                    await asyncio.wait_for(call, 20)  # a missing client deadline fails here
+                waited = time.monotonic() - started
+            finally:
+                os.killpg(native_node.pid, signal.SIGCONT)
+            after = await client.enqueue_and_wait(Incr(name=name), timeout=30)
+            return timed_out.value, waited, after
+
+    error, waited, after = asyncio.run(run())
+    assert error.code == "REPLY_TIMEOUT" and "no answer from" in error.message
+    assert waited >= 0.2  # not before the call's own timeout
+    assert after.value == 3  # the one that timed out on the client still ran, once

@@ -157,3 +157,35 @@ def test_a_redis_that_stops_answering_fails_the_commits_owed_and_the_log_goes_on
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_lone_enqueue_on_an_idle_log_is_written_before_the_loop_turns(redis_url: str) -> None:
+    """SPEC 6: a lone message commits at once. An enqueue (or a finish) that finds nothing
+    pending or in flight is written from within the call; what the same iteration hands
+    in after it waits for the next commit, and every outcome still comes in order. Other
+    kinds (a dispatch here) wait for the iteration's end, as before."""
+
+    async def scenario() -> None:
+        client, wal = await _log(redis_url)
+        order: list[str] = []
+
+        def done(name: str) -> object:
+            return lambda outcomes: order.append(name)
+
+        wal.enqueue([_entry("opens")], done("opens"))  # opens the log's connection
+        await wal.flush()
+        wal.enqueue([_entry("lone")], done("lone"))
+        assert wal._in_flight == 1  # written: no loop turn taken
+        wal.enqueue([_entry("next")], done("next"))
+        assert wal._in_flight == 1  # queued behind it
+        await wal.flush()
+        assert order == ["opens", "lone", "next"] and wal.commits == 3
+
+        wal.dispatch(["lone"], done("dispatch"))
+        assert wal._in_flight == 0  # not a kind that goes ahead: it waits for the tick
+        await wal.flush()
+        assert order[-1] == "dispatch"
+        await wal.close()
+        await client.aclose()
+
+    asyncio.run(scenario())

@@ -178,6 +178,40 @@ def test_sends_in_different_ticks_go_out_as_separate_frames(run: Run[Any]) -> No
     assert run(main) == [[ipc.Stop(1), ipc.Stop(2)], [ipc.Stop(3)]]
 
 
+def test_send_now_writes_a_lone_item_before_the_loop_turns_and_queues_the_rest(
+    run: Run[Any],
+) -> None:
+    """A lone item is in the kernel when send_now returns (True: no confirm() needed);
+    what the same tick sends after it, by send or send_now, shares one frame behind it;
+    after an item queued by send, send_now queues too (order kept) and says so."""
+
+    async def main() -> dict[str, Any]:
+        a, b = socket.socketpair()
+        reader, writer = await asyncio.open_unix_connection(sock=a)
+        channel: FrameChannel[Any, Any] = FrameChannel(reader, writer, ipc.ToSupervisor)
+        b.setblocking(False)
+        seen: dict[str, Any] = {"lone": channel.send_now(ipc.Stop(1))}
+        seen["raw"] = b.recv(1 << 16)  # no await since: the write was not deferred
+        seen["second"] = channel.send_now(ipc.Stop(2))  # the same tick: queued behind it
+        channel.send(ipc.Stop(3))
+        peer = Streams()
+        peer.peer_reader, peer_writer = await asyncio.open_unix_connection(sock=b)
+        seen["tick1"] = await peer.peer_frame()
+        await asyncio.sleep(0)
+        channel.send(ipc.Stop(4))
+        seen["after_send"] = channel.send_now(ipc.Stop(5))
+        seen["tick2"] = await peer.peer_frame()
+        channel.close()
+        peer_writer.close()
+        return seen
+
+    seen = run(main)
+    assert seen["lone"] is True
+    assert seen["raw"] == frame(msgspec.msgpack.encode([ipc.Stop(1)]))
+    assert seen["second"] is False and seen["tick1"] == [ipc.Stop(2), ipc.Stop(3)]
+    assert seen["after_send"] is False and seen["tick2"] == [ipc.Stop(4), ipc.Stop(5)]
+
+
 def test_the_header_is_the_big_endian_length_of_the_msgpack_body(run: Run[Any]) -> None:
     async def main() -> bytes:
         s = await Streams.open()
