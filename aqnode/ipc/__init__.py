@@ -344,7 +344,8 @@ class FrameChannel(Generic[In, Out]):
         """Call ``on_items`` with each frame's items, straight from the socket's
         ``data_received`` (no task to wake per frame), until the peer closes: returns on a
         clean close (or a reset), raises TruncatedFrame, ProtocolError, or what
-        ``on_items`` raised (then the socket is closed). ``receive`` may not be used once
+        ``on_items`` raised (reading stops; the caller closes the channel, after any last
+        words: every caller closes it once this returns). ``receive`` may not be used once
         this runs. ``pause_above``: stop reading while more than that many bytes of ours
         wait to be written (a peer that does not read its answers)."""
         reader: Any = self._reader  # its buffer is private to asyncio: read as it stands
@@ -412,8 +413,11 @@ class _FrameProtocol(asyncio.Protocol, Generic[In]):
         if exc is None:
             self._done.set_result(None)
         else:
+            # Read no further; the socket stays open for the owner's last words (a Goodbye
+            # saying what was wrong), and the owner closes it once serve() has raised.
             self._done.set_exception(exc)
-            self._transport.close()
+            if not self._transport.is_closing():
+                self._transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._done.done():
@@ -446,7 +450,9 @@ class _FrameProtocol(asyncio.Protocol, Generic[In]):
             self._end(TruncatedFrame("the peer closed in the middle of a frame"))
         else:
             self._end(None)
-        return False
+        # Keep our half open: the owner may still have last words (a Goodbye saying why)
+        # and closes the socket itself once serve() has returned (every owner does).
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A reset (the peer died with our data unread) ends reading like a close.

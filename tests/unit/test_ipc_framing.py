@@ -556,7 +556,11 @@ def test_serve_ends_on_a_cut_oversized_or_undecodable_frame(
 
 
 def test_serve_raises_what_its_callback_raised_and_reads_no_further(run: Run[Any]) -> None:
-    async def main() -> tuple[list[list[Any]], BaseException | None, bool]:
+    """Reading stops at the failing frame, and the socket stays open for the owner's last
+    words (the native server's Goodbye saying what was wrong): the peer reads them, then
+    the end, once the owner closes the channel."""
+
+    async def main() -> tuple[list[list[Any]], BaseException | None, bool, list[Any], bytes]:
         s = await Streams.open()
         seen: list[list[Any]] = []
 
@@ -570,14 +574,18 @@ def test_serve_raises_what_its_callback_raised_and_reads_no_further(run: Run[Any
             error: BaseException | None = None
         except BaseException as exc:
             error = exc
-        closed = s.channel.closed
+        open_after = not s.channel.closed
+        s.channel.send(ipc.Stop(9))  # the owner's last words
+        s.channel.close()
+        last = await s.peer_frame()
+        rest = await s.peer_reader.read()
         await s.close()
-        return seen, error, closed
+        return seen, error, open_after, last, rest
 
-    seen, error, closed = run(main)
+    seen, error, open_after, last, rest = run(main)
     assert isinstance(error, KeyError)
     assert seen == [SERVE_FRAMES[0]]
-    assert closed  # the socket is closed: the peer sees the end
+    assert open_after and last == [ipc.Stop(9)] and rest == b""  # then the end
 
 
 def test_serve_pauses_reading_while_answers_back_up(run: Run[Any]) -> None:
