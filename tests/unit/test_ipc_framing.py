@@ -212,6 +212,44 @@ def test_send_now_writes_a_lone_item_before_the_loop_turns_and_queues_the_rest(
     assert seen["after_send"] is False and seen["tick2"] == [ipc.Stop(4), ipc.Stop(5)]
 
 
+def test_send_now_says_false_while_a_peer_that_does_not_read_backs_the_bytes_up(
+    run: Run[Any],
+) -> None:
+    """A shard runs a handler only once its Started is in the kernel: when the peer does
+    not read and the socket's buffer is full, send_now must say False (the item waits in
+    our buffer), and confirm() must resolve only once the peer has read it."""
+
+    async def main() -> tuple[int, bool, bool, int]:
+        s = await Streams.open()
+        chunk = b"x" * 65536
+        in_kernel_sends = 0
+        while s.channel.send_now(chunk):  # one per tick, the peer reads nothing
+            in_kernel_sends += 1
+            assert in_kernel_sends < 1000, "the socket never backed up"
+            await asyncio.sleep(0)
+        confirmed = s.channel.confirm()
+        done, _ = await asyncio.wait([confirmed], timeout=0.2)
+        early = bool(done)
+        received = 0
+
+        async def read_all() -> None:  # the peer reads now: the bytes drain
+            nonlocal received
+            while data := await s.peer_reader.read(1 << 20):
+                received += len(data)
+
+        reading = asyncio.ensure_future(read_all())
+        await asyncio.wait_for(confirmed, _TIMEOUT_S)
+        s.channel.close()
+        await asyncio.wait_for(reading, _TIMEOUT_S)
+        await s.close()
+        return in_kernel_sends, early, confirmed.done(), received
+
+    in_kernel_sends, early, confirmed, received = run(main)
+    assert in_kernel_sends >= 1  # the first ones went straight to the kernel
+    assert not early  # nothing was confirmed while the peer read nothing
+    assert confirmed and received > (in_kernel_sends + 1) * 65536  # every byte arrived
+
+
 def test_the_header_is_the_big_endian_length_of_the_msgpack_body(run: Run[Any]) -> None:
     async def main() -> bytes:
         s = await Streams.open()
