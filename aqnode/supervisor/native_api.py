@@ -165,7 +165,7 @@ class NativeServer:
         for item in items:
             if isinstance(item, Send):
                 calls.append(
-                    Call(item.envelope, item.wait, item.timeout_ms, _reply(channel, item.call_id))
+                    Call(item.envelope, item.wait, item.timeout_ms, _Reply(channel, item.call_id))
                 )
             elif isinstance(item, AskStatus):
                 if calls:  # keep the order of what came before it
@@ -198,15 +198,26 @@ class NativeServer:
         channel.send(Goodbye(error.to_dict()))
 
 
-def _reply(channel: Channel, call_id: int) -> Callable[[SendResult], None]:
-    def reply(result: SendResult) -> None:
+class _Reply:
+    """A call's answer, back to the connection it came on.
+
+    One small object per call rather than a closure (a function, its cells and their
+    tuple): it lives as long as the message is unanswered, and the cyclic collector
+    walks every container that does."""
+
+    __slots__ = ("call_id", "channel")
+
+    def __init__(self, channel: Channel, call_id: int) -> None:
+        self.channel = channel
+        self.call_id = call_id
+
+    def __call__(self, result: SendResult) -> None:
+        channel = self.channel
         if not channel.closed:  # a client that went away: its answers have nowhere to go
             # The first answer of a loop iteration goes out at once: a client awaiting one
             # call at a time sends its next one sooner; the rest of the tick's answers share
             # one frame after it.
-            channel.send_now(Answer(call_id, result))
-
-    return reply
+            channel.send_now(Answer(self.call_id, result))
 
 
 def _bad_frame(exc: ProtocolError) -> errors.AqError:

@@ -189,3 +189,44 @@ def test_a_lone_enqueue_on_an_idle_log_is_written_before_the_loop_turns(redis_ur
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_commits_name_their_scripts_and_a_flushed_script_cache_costs_one_failed_commit(
+    redis_url: str,
+) -> None:
+    """Commits go as EVALSHA (Redis never reads a script's source per commit), the log's
+    connection loading the scripts ahead of them. A SCRIPT FLUSH under that open
+    connection: the next commit is refused with NOSCRIPT, which ends the connection like
+    an outage (its outcome: Redis unavailable, nothing applied); the commit after it
+    opens a new connection, which loads the scripts again, and goes through."""
+
+    async def scenario() -> None:
+        client, wal = await _log(redis_url)
+        loop = asyncio.get_running_loop()
+        await client.config_resetstat()
+
+        async def commit(mid: str) -> Outcome:
+            future: asyncio.Future[list[Outcome]] = loop.create_future()
+            wal.enqueue([_entry(mid)], future.set_result)
+            return (await asyncio.wait_for(future, 30.0))[0]
+
+        for i in range(3):
+            assert isinstance(await commit(f"before-{i}"), Applied)
+        stats = await client.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 3
+        assert "cmdstat_eval" not in stats
+
+        await client.script_flush()
+        refused = await commit("after-flush")
+        assert isinstance(refused, Failed) and refused.error.code == errors.REDIS_UNAVAILABLE
+        assert "scripts" in refused.error.message
+        assert await client.exists(LogKeys("aq", "gc").entry("after-flush")) == 0
+
+        again = await commit("reloaded")
+        assert isinstance(again, Applied)
+        assert await client.hget(LogKeys("aq", "gc").entry("reloaded"), "state") == b"enqueued"
+        await asyncio.wait_for(wal.flush(), 30.0)
+        await wal.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
