@@ -11,20 +11,11 @@ reader takes the replies in that same order.
 On a Redis Cluster the connection goes to the primary that holds the log's hash slot;
 a redirection (MOVED, ASK) or a cluster-down reply fails that batch like any error
 reply, and the next batch asks the cluster where the slot lives now.
-
-Scripts go by their SHA1 (EVALSHA): EVAL would make Redis read and hash the script's
-source on every call, about a third of its work for a commit of one message. Every new
-connection starts with ``SCRIPT LOAD`` of each script, written ahead of anything else on
-it, so no EVALSHA on it can arrive before its script. A Redis that loses its script
-cache under an open connection (``SCRIPT FLUSH``) answers NOSCRIPT: the connection is
-then ended like a lost one (every batch in flight hears that its outcome is unknown, as
-when Redis goes away) and the next batch opens a new one, which loads the scripts again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,7 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from aqnode.wal.redis_errors import ERROR_REPLY, SCRIPT_MISSING, SLOT_ELSEWHERE
+from aqnode.wal.redis_errors import ERROR_REPLY, SLOT_ELSEWHERE
 from aqnode.wal.resp_parse import ReplyParser, ReplyProtocolError
 
 log = logging.getLogger(__name__)
@@ -65,11 +56,6 @@ def pack(args: Sequence[Arg]) -> list[bytes]:
     return parts
 
 
-def script_sha(body: str) -> str:
-    """The SHA1 Redis names a script by (what SCRIPT LOAD returns, what EVALSHA takes)."""
-    return hashlib.sha1(body.encode()).hexdigest()
-
-
 Replies = list[Any] | BaseException  #: a batch's replies, or why it has none
 OnReplies = Callable[[Replies], None]
 
@@ -83,20 +69,12 @@ class PipelinedConnection:
     outcome is unknown) and is thrown away; the next post opens a new one.
 
     The connection is redis-py's (it does the handshake: TLS, AUTH, HELLO, SELECT); once
-    it is up, its transport is handed to a :class:`_ReplyProtocol` of ours, and the
-    first thing written on it loads ``scripts`` (the EVALSHA of each by
-    :func:`script_sha` may follow at once).
+    it is up, its transport is handed to a :class:`_ReplyProtocol` of ours.
     """
 
-    def __init__(
-        self,
-        client: aioredis.Redis | RedisCluster,
-        slot_key: str = "",
-        scripts: Sequence[str] = (),
-    ) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, slot_key: str = "") -> None:
         self._client = client
         self._slot_key = slot_key  #: a key of the log's hash slot (Redis Cluster)
-        self._scripts = {script_sha(body): body for body in scripts}
         self._topology_stale = False
         self._conn: Any = None
         self._protocol: _ReplyProtocol | None = None
@@ -153,29 +131,7 @@ class PipelinedConnection:
                 await conn.connect()
                 self._conn = conn
                 protocol = self._protocol = _ReplyProtocol(conn, self._lost)
-                if self._scripts:
-                    self._load_scripts(protocol)
             return protocol
-
-    def _load_scripts(self, protocol: _ReplyProtocol) -> None:
-        """Write ``SCRIPT LOAD`` of every script first on a new connection. Redis runs a
-        connection's commands in order, so nothing has to wait for these replies; a
-        refusal ends the connection (the EVALSHAs behind it would all fail)."""
-        expected = list(self._scripts)
-        commands = [("SCRIPT", "LOAD", body) for body in self._scripts.values()]
-
-        def loaded(replies: Replies) -> None:
-            if isinstance(replies, BaseException):
-                return  # the connection ended: the next one loads them again
-            for sha, reply in zip(expected, replies, strict=True):
-                got = reply.decode() if isinstance(reply, bytes) else reply
-                if got != sha:
-                    protocol.fail(
-                        ConnectionError(f"Redis would not load the log's scripts: {got!r}")
-                    )
-                    return
-
-        protocol.write(_encode(commands), len(commands), loaded)
 
     def _lost(self, protocol: _ReplyProtocol, slot_moved: bool) -> None:
         if slot_moved:
@@ -283,10 +239,6 @@ class _ReplyProtocol(asyncio.Protocol):
                     raise ReplyProtocolError("Redis sent a reply nobody asked for")
                 if isinstance(reply, Exception) and not isinstance(reply, ERROR_REPLY):
                     raise reply  # LOADING, NOAUTH, ...: the connection is not usable
-                if isinstance(reply, SCRIPT_MISSING):
-                    # The script cache was emptied under this connection: end it, so
-                    # that the next one loads the scripts before any EVALSHA.
-                    raise ConnectionError(f"Redis lost the log's scripts ({reply})")
                 self._replies.append(reply)
                 count, done = self._waiting[0]
                 if len(self._replies) < count:
