@@ -20,6 +20,7 @@ import redis
 from aqnode import errors
 from aqnode.config import NodeConfig
 from aqnode.util.managed_redis import url_for
+from aqnode.wal import entry_body
 from aqnode.wal.keys import LogKeys, nodes_key
 from aqnode.wal.log import load_lua
 
@@ -130,7 +131,7 @@ def _text(value: Any) -> str:
 
 
 def _letter(node: str, raw: dict[bytes, bytes]) -> DeadLetter:
-    fields = {_text(k): v for k, v in raw.items()}
+    fields = entry_body.expand({_text(k): v for k, v in raw.items()})
     payload = fields.get("payload", b"")
     error_bytes = fields.get("error", b"")
     return DeadLetter(

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from aqnode import errors
 from aqnode.util.loops import LoopRef
-from aqnode.wal import resp
+from aqnode.wal import entry_body, resp
 from aqnode.wal.keys import LogKeys
 from aqnode.wal.redis_errors import SCRIPT_MISSING, UNREACHABLE, translate, translated
 
@@ -504,15 +504,19 @@ class WriteAheadLog:
                 args.extend((e.message_id, "1" if e.retry else "0", e.error))
             return args
         args = [len(entries) + 3, keys.fence, keys.seq, keys.live, *entries, self._ttl, now]
+        pack = entry_body.pack
         for e in items:
             args.extend(
                 (
                     e.message_id,
-                    e.entity_type,
-                    e.message,
-                    e.entity_id,
-                    e.payload,
-                    repr(e.enqueued_at),
+                    pack(
+                        e.message_id,
+                        e.entity_type,
+                        e.message,
+                        e.entity_id,
+                        e.payload,
+                        e.enqueued_at,
+                    ),
                     _ENQUEUE_FLAGS[e.dispatch, e.revive],
                 )
             )
@@ -564,17 +568,18 @@ def _call(done: Callback, outcomes: list[Outcome]) -> None:
         log.exception("write-ahead log callback failed")
 
 
-BINARY_FIELDS: Final = frozenset({"payload", "reply", "error"})
+BINARY_FIELDS: Final = frozenset({"payload", "reply", "error", entry_body.BODY})
 
 
 def _decode_fields(raw: dict[Any, Any]) -> dict[str, Any]:
-    """An entry hash with text fields as ``str`` and payload/reply/error kept as bytes."""
+    """An entry hash with text fields as ``str`` and payload/reply/error kept as bytes,
+    its packed ``body`` (if it has one) spelled out as fields (``entry_body.expand``)."""
     fields: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else str(key)
         keep = name in BINARY_FIELDS or not isinstance(value, bytes)
         fields[name] = value if keep else value.decode()
-    return fields
+    return entry_body.expand(fields)
 
 
 def _strip_comments(source: str) -> str:

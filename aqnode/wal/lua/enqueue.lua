@@ -8,10 +8,12 @@
 -- KEYS[4..] one entry key (hash) per message, in enqueue order
 -- ARGV[1]   entry TTL in seconds (the safety TTL)
 -- ARGV[2]   now (unix seconds), the dispatch time of pre-dispatched messages
--- ARGV[3..] per message, 7 values: id, entity_type, message, entity_id, payload,
---           enqueued_at, flags: '1' write it as `dispatched` (attempt 1); '2' a moved
---           message coming back (adoption, cluster mode): it may replace a `moved`
---           entry, the tombstone of its earlier stay here; '3' both
+-- ARGV[3..] per message, 3 values: id; body, what never changes in the entry (id,
+--           entity_type, message, entity_id, payload, enqueued_at as one msgpack
+--           array: aqnode/wal/entry_body.py), written as is and never read here;
+--           flags: '1' write it as `dispatched` (attempt 1); '2' a moved message
+--           coming back (adoption, cluster mode): it may replace a `moved` entry, the
+--           tombstone of its earlier stay here; '3' both
 --
 -- Returns one value per message: its new sequence number (an integer), or, when the id is
 -- already known (an idempotency key sent again), its current state (a string).
@@ -32,20 +34,18 @@ local seq = redis.call('INCRBY', KEYS[2], n) - n  -- ids already known leave gap
 for i = 1, n do
   local key = KEYS[i + 3]
   local state = redis.call('HGET', key, 'state')
-  local a = 3 + (i - 1) * 7
-  local flags = ARGV[a + 6]
+  local a = 3 + (i - 1) * 3
+  local flags = ARGV[a + 2]
   if state and not (state == 'moved' and (flags == '2' or flags == '3')) then
     results[i] = state
   else
     seq = seq + 1
     if flags == '1' or flags == '3' then
-      redis.call('HSET', key, 'state', 'dispatched', 'id', ARGV[a], 'entity_type', ARGV[a + 1],
-        'message', ARGV[a + 2], 'entity_id', ARGV[a + 3], 'payload', ARGV[a + 4],
-        'enqueued_at', ARGV[a + 5], 'seq', seq, 'attempts', 1, 'dispatched_at', ARGV[2])
+      redis.call('HSET', key, 'state', 'dispatched', 'body', ARGV[a + 1], 'seq', seq,
+        'attempts', 1, 'dispatched_at', ARGV[2])
     else
-      redis.call('HSET', key, 'state', 'enqueued', 'id', ARGV[a], 'entity_type', ARGV[a + 1],
-        'message', ARGV[a + 2], 'entity_id', ARGV[a + 3], 'payload', ARGV[a + 4],
-        'enqueued_at', ARGV[a + 5], 'seq', seq, 'attempts', 0)
+      redis.call('HSET', key, 'state', 'enqueued', 'body', ARGV[a + 1], 'seq', seq,
+        'attempts', 0)
     end
     redis.call('EXPIRE', key, ttl)
     live[#live + 1] = seq
