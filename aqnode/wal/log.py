@@ -1,13 +1,13 @@
 """The write-ahead log: atomic Lua transitions, applied by group commit.
 
 Callers hand in a batch of transitions with a callback and return at once. On the next
-loop iteration, everything pending is written to Redis as one pipeline (one EVAL per
+loop iteration, everything pending is written to Redis as one pipeline (one EVALSHA per
 transition kind and chunk) on the log's own connection; callbacks run in commit order.
 Up to MAX_IN_FLIGHT commits may await their replies while the next batch gathers; a lone
 transition commits on the next loop iteration, without any fixed delay. Redis runs one
 connection's commands in order, so the log's order is the order transitions were handed
-in. EVAL (not EVALSHA) carries each script's source: a Redis that lost its script cache
-(a restart) never refuses a commit, so no commit has to be re-sent out of order.
+in. Commits name their scripts by SHA1 (EVALSHA); the connection loads them and, should
+Redis lose them under it, re-sends in order what was refused (``resp``'s docstring).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -81,7 +82,7 @@ Callback = Callable[[list[Outcome]], None]
 #: dispatch of the same entity that travelled in the same frame.
 KINDS: Final = ("finish", "retry", "interrupt", "undispatch", "dispatch", "enqueue")
 SCRIPTS: Final = (*KINDS, "cleanup", "dlq_take", "hand_over", "tombstone")
-MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVAL; bounds one script's run time
+MAX_SCRIPT_BATCH: Final = 500  #: transitions per EVALSHA; bounds one script's run time
 MAX_IN_FLIGHT: Final = 2  #: commits sent and not yet answered (double buffering)
 
 
@@ -137,7 +138,7 @@ class _Request:
     done: Callback
 
 
-#: a request in a commit: the request, its chunk's first EVAL, its first item in the chunk
+#: a request in a commit: the request, its chunk's first EVALSHA, its first item in the chunk
 _Span = tuple[_Request, int, int]
 
 
@@ -152,10 +153,14 @@ class WriteAheadLog:
         self._ttl = entry_ttl_s
         self._clock = clock
         self._sources = {name: load_lua(name) for name in SCRIPTS}
-        #: what EVAL sends with every commit: the scripts without their comment headers
-        self._bodies = {name: _strip_comments(src) for name, src in self._sources.items()}
+        # The commit scripts as the log's connection loads them: without their comment
+        # headers, and ending in a token of this log's own, so that no other connection
+        # ever loads the same script (what makes a NOSCRIPT re-send safe, see resp).
+        token = f"\n-- aqnode log {keys.node_id} {secrets.token_hex(8)}"
+        bodies = {kind: _strip_comments(self._sources[kind]) + token for kind in KINDS}
+        self._commit_shas = {kind: resp.script_sha(body) for kind, body in bodies.items()}
         self._shas: dict[str, str] = {}
-        self._raw = resp.PipelinedConnection(client, keys.base)
+        self._raw = resp.PipelinedConnection(client, keys.base, scripts=list(bodies.values()))
         self._pending: list[_Request] = []
         self._loop = LoopRef()
         self._scheduled = False  #: a _pump is due on the loop
@@ -418,7 +423,7 @@ class WriteAheadLog:
     def _prepare(self, batch: list[_Request]) -> tuple[list[list[Any]], list[_Span]]:
         """One commit's EVALs, in KINDS order, and where each request's outcomes are."""
         now = repr(self._clock())
-        calls: list[list[Any]] = []  # EVAL arguments
+        calls: list[list[Any]] = []  # EVALSHA arguments
         spans: list[_Span] = []  # request, first call, first item
         kinds = {r.kind for r in batch}
         for kind in KINDS if len(kinds) > 1 else kinds:
@@ -434,7 +439,9 @@ class WriteAheadLog:
                 self.on_commit(kind, len(items))
             for start in range(0, len(items), MAX_SCRIPT_BATCH):
                 chunk = items[start : start + MAX_SCRIPT_BATCH]
-                calls.append(["EVAL", self._bodies[kind], *self._script_args(kind, chunk, now)])
+                calls.append(
+                    ["EVALSHA", self._commit_shas[kind], *self._script_args(kind, chunk, now)]
+                )
         return calls, spans
 
     def _on_replies(self, spans: list[_Span]) -> resp.OnReplies:
@@ -546,7 +553,7 @@ INTERRUPT_TARGETS: Final = frozenset({LogState.ENQUEUED, LogState.INTERRUPTED})
 
 
 def outcome_of(kind: str, reply: list[Any] | Exception, index: int) -> Outcome:
-    """The outcome of item ``index`` of one EVAL of script ``kind``, from its ``reply``: a
+    """The outcome of item ``index`` of one EVALSHA of script ``kind``, from its ``reply``: a
     script that failed fails every item of its chunk; else 1 (or enqueue's sequence
     number) means applied and a state means refused (each script's header in ``lua/``)."""
     if isinstance(reply, Exception):  # a script's error reply (MISCONF, OOM, READONLY, ...):
@@ -583,7 +590,7 @@ def _decode_fields(raw: dict[Any, Any]) -> dict[str, Any]:
 
 
 def _strip_comments(source: str) -> str:
-    """The script minus whole-line comments and indentation: fewer bytes on every commit."""
+    """The script minus whole-line comments and indentation: less for Redis to load."""
     lines = (line.strip() for line in source.splitlines())
     return "\n".join(line for line in lines if line and not line.startswith("--"))
 

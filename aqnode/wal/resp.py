@@ -11,20 +11,34 @@ reader takes the replies in that same order.
 On a Redis Cluster the connection goes to the primary that holds the log's hash slot;
 a redirection (MOVED, ASK) or a cluster-down reply fails that batch like any error
 reply, and the next batch asks the cluster where the slot lives now.
+
+Scripts go by their SHA1 (EVALSHA): with EVAL, Redis reads and hashes a script's source
+on every call, about a third of its work for a commit of one message. Each new
+connection writes ``SCRIPT LOAD`` of every script before anything else. A Redis whose
+script cache is emptied under an open connection (``SCRIPT FLUSH``) answers NOSCRIPT,
+and the connection then re-sends, in order and ahead of anything newer, the refused
+command and every command written after it, behind a new ``SCRIPT LOAD``; the replies
+to the first copies are dropped. That re-send can neither run a command twice nor
+reorder two: a refused command did nothing, and every command written after it on this
+connection is refused too, because a script's source carries a token of its log's own
+(see :class:`aqnode.wal.log.WriteAheadLog`), so no other connection ever loads it, and
+this connection loads it again only behind them. A reply that breaks this (a first copy
+that was not refused) ends the connection like an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from aqnode.wal.redis_errors import ERROR_REPLY, SLOT_ELSEWHERE
+from aqnode.wal.redis_errors import ERROR_REPLY, SCRIPT_MISSING, SLOT_ELSEWHERE
 from aqnode.wal.resp_parse import ReplyParser, ReplyProtocolError
 
 log = logging.getLogger(__name__)
@@ -56,8 +70,15 @@ def pack(args: Sequence[Arg]) -> list[bytes]:
     return parts
 
 
+def script_sha(body: str) -> str:
+    """The SHA1 Redis names a script by (what SCRIPT LOAD returns, what EVALSHA takes)."""
+    return hashlib.sha1(body.encode()).hexdigest()
+
+
 Replies = list[Any] | BaseException  #: a batch's replies, or why it has none
 OnReplies = Callable[[Replies], None]
+#: NOSCRIPT re-sends in a row with no reply in between before the connection gives up
+MAX_RESENDS: Final = 3
 
 
 class PipelinedConnection:
@@ -69,12 +90,20 @@ class PipelinedConnection:
     outcome is unknown) and is thrown away; the next post opens a new one.
 
     The connection is redis-py's (it does the handshake: TLS, AUTH, HELLO, SELECT); once
-    it is up, its transport is handed to a :class:`_ReplyProtocol` of ours.
+    it is up, its transport is handed to a :class:`_ReplyProtocol` of ours, which first
+    loads ``scripts`` (sources whose EVALSHA, by :func:`script_sha`, may follow at once).
     """
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, slot_key: str = "") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        slot_key: str = "",
+        scripts: Sequence[str] = (),
+    ) -> None:
         self._client = client
         self._slot_key = slot_key  #: a key of the log's hash slot (Redis Cluster)
+        #: SCRIPT LOAD of each script, and the SHA1 Redis must answer it with
+        self._loads = [(_command(("SCRIPT", "LOAD", body)), script_sha(body)) for body in scripts]
         self._topology_stale = False
         self._conn: Any = None
         self._protocol: _ReplyProtocol | None = None
@@ -100,13 +129,13 @@ class PipelinedConnection:
         """Write ``commands`` now; ``done`` gets their replies, or the exception that
         ended the connection first (then their outcome is unknown), exactly once. Raises
         (and never calls ``done``) if no connection could be opened."""
-        data = _encode(commands)
+        encoded = [_command(c) for c in commands]
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connection()  # raises: then ``done`` is never called
         # Straight into the transport (no drain: the log keeps at most MAX_IN_FLIGHT
         # commits unanswered, so the buffer stays small).
-        protocol.write(data, len(commands), done)
+        protocol.write(encoded, done)
 
     def post_open(self, commands: Sequence[Sequence[Arg]], done: OnReplies) -> bool:
         """:meth:`post` on the connection already open; False (``done`` is not called,
@@ -114,7 +143,7 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             return False
-        protocol.write(_encode(commands), len(commands), done)
+        protocol.write([_command(c) for c in commands], done)
         return True
 
     async def connect(self) -> None:
@@ -130,7 +159,8 @@ class PipelinedConnection:
                 conn = await self._new_connection()
                 await conn.connect()
                 self._conn = conn
-                protocol = self._protocol = _ReplyProtocol(conn, self._lost)
+                protocol = self._protocol = _ReplyProtocol(conn, self._lost, self._loads)
+                protocol.load_scripts()
             return protocol
 
     def _lost(self, protocol: _ReplyProtocol, slot_moved: bool) -> None:
@@ -177,25 +207,58 @@ class PipelinedConnection:
         await asyncio.gather(*self._closing, return_exceptions=True)
 
 
+class _Batch:
+    """One post: its callback and its replies as they come."""
+
+    __slots__ = ("done", "left", "replies")
+
+    def __init__(self, count: int, done: OnReplies) -> None:
+        self.done = done
+        self.replies: list[Any] = [None] * count
+        self.left = count
+
+
+class _Slot:
+    """One command written and not yet answered: whose reply it is (``batch`` and
+    ``index``), or a SCRIPT LOAD's (``sha``: what Redis must answer), or the first copy
+    of a command re-sent after NOSCRIPT (``stale``: its reply must be NOSCRIPT)."""
+
+    __slots__ = ("batch", "command", "index", "sha", "stale")
+
+    def __init__(self, batch: _Batch | None, index: int, command: bytes, sha: str = "") -> None:
+        self.batch = batch
+        self.index = index
+        self.command = command
+        self.sha = sha
+        self.stale = False
+
+
 class _ReplyProtocol(asyncio.Protocol):
     """Reads the replies of one connection and hands each batch its own, in send order.
 
     Takes the transport over from redis-py's StreamReaderProtocol, which it keeps for the
     writer's flow control (pause/resume) and its close. While replies are owed, a socket
     time-out without a byte fails the connection (a frozen Redis); an idle one waits.
+    One :class:`_Slot` per command owed, in write order, says whose reply comes next.
     """
 
-    def __init__(self, conn: Any, lost: Callable[[_ReplyProtocol, bool], None]) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        lost: Callable[[_ReplyProtocol, bool], None],
+        loads: Sequence[tuple[bytes, str]] = (),
+    ) -> None:
         self._conn = conn
         self._lost = lost
+        self._loads = loads
         writer: asyncio.StreamWriter = conn._writer
         self._transport: asyncio.Transport = writer.transport  # type: ignore[assignment]
         self._stream_protocol: Any = self._transport.get_protocol()
         self._timeout: float | None = conn.socket_timeout
         self._loop = asyncio.get_running_loop()
         self._parser = ReplyParser()
-        self._waiting: deque[tuple[int, OnReplies]] = deque()
-        self._replies: list[Any] = []  # of the batch at the head of _waiting
+        self._slots: deque[_Slot] = deque()
+        self._resends = 0  #: NOSCRIPT re-sends since the last reply that was not one
         self._progress = 0.0  #: loop time of the last byte read, or of the first write owed
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -203,23 +266,33 @@ class _ReplyProtocol(asyncio.Protocol):
 
     @property
     def owed(self) -> bool:
-        return bool(self._waiting)
+        return bool(self._slots)
 
-    def write(self, data: bytes, count: int, done: OnReplies) -> None:
+    def load_scripts(self) -> None:
+        """SCRIPT LOAD every script, ahead of any command that names one."""
+        if self._loads:
+            self._write([_Slot(None, 0, command, sha) for command, sha in self._loads])
+
+    def write(self, commands: list[bytes], done: OnReplies) -> None:
+        """Write one batch of encoded commands; ``done`` gets their replies, once."""
         if self.closed or self._transport.is_closing():
             self.fail(ConnectionError("the connection to Redis closed"))
             _call(done, ConnectionError("the connection to Redis closed"))
             return
-        self._transport.write(data)
-        if not self._waiting:
+        batch = _Batch(len(commands), done)
+        self._write([_Slot(batch, i, command) for i, command in enumerate(commands)])
+
+    def _write(self, slots: list[_Slot]) -> None:
+        self._transport.write(b"".join(slot.command for slot in slots))
+        if not self._slots:
             self._progress = self._loop.time()
-        self._waiting.append((count, done))
+        self._slots.extend(slots)
         if self._timer is None and self._timeout:
             self._timer = self._loop.call_later(self._timeout, self._check_timeout)
 
     def _check_timeout(self) -> None:
         self._timer = None
-        if self.closed or not self._waiting or not self._timeout:
+        if self.closed or not self._slots or not self._timeout:
             return
         left = self._progress + self._timeout - self._loop.time()
         if left > 0:
@@ -235,24 +308,61 @@ class _ReplyProtocol(asyncio.Protocol):
         self._progress = self._loop.time()
         try:
             for reply in self._parser.feed(data):
-                if not self._waiting:
+                if not self._slots:
                     raise ReplyProtocolError("Redis sent a reply nobody asked for")
                 if isinstance(reply, Exception) and not isinstance(reply, ERROR_REPLY):
                     raise reply  # LOADING, NOAUTH, ...: the connection is not usable
-                self._replies.append(reply)
-                count, done = self._waiting[0]
-                if len(self._replies) < count:
-                    continue
-                self._waiting.popleft()
-                batch, self._replies = self._replies, []
-                _call(done, batch)
-                if any(isinstance(r, SLOT_ELSEWHERE) for r in batch):
-                    self.fail(ConnectionError("the log's slot moved"), slot_moved=True)
+                slot = self._slots.popleft()
+                if self._took(slot, reply):
                     return
-            if not self._waiting and self._parser.buffered:
+            if not self._slots and self._parser.buffered:
                 raise ReplyProtocolError("Redis sent a reply nobody asked for")
         except Exception as exc:  # any failure ends this connection, told to every batch
             self.fail(exc)
+
+    def _took(self, slot: _Slot, reply: Any) -> bool:
+        """Give ``reply`` to ``slot``; True when that ended the connection."""
+        if slot.stale:  # the first copy of a re-sent command: it must have been refused
+            if not isinstance(reply, SCRIPT_MISSING):
+                raise ReplyProtocolError(
+                    f"a command re-sent after NOSCRIPT had run after all ({reply!r})"
+                )
+            return False
+        batch = slot.batch
+        if batch is None:  # SCRIPT LOAD
+            got = reply.decode() if isinstance(reply, bytes) else reply
+            if got != slot.sha:
+                raise ConnectionError(f"Redis would not load the log's scripts: {got!r}")
+            return False
+        if isinstance(reply, SCRIPT_MISSING):
+            self._resend(slot)
+            return False
+        self._resends = 0
+        batch.replies[slot.index] = reply
+        batch.left -= 1
+        if batch.left:
+            return False
+        _call(batch.done, batch.replies)
+        if any(isinstance(r, SLOT_ELSEWHERE) for r in batch.replies):
+            self.fail(ConnectionError("the log's slot moved"), slot_moved=True)
+            return True
+        return False
+
+    def _resend(self, refused: _Slot) -> None:
+        """NOSCRIPT: the script cache was emptied. Write the scripts again, then
+        ``refused`` and every command owed after it (whose first copies are refused too,
+        see the module's docstring), so that they run in the order first written."""
+        self._resends += 1
+        if self._resends > MAX_RESENDS:
+            self._slots.appendleft(refused)  # still owed: fail() tells its batch
+            raise ConnectionError("Redis keeps losing the log's scripts (NOSCRIPT)")
+        again = [refused]
+        for slot in self._slots:
+            if slot.batch is not None and not slot.stale:
+                again.append(_Slot(slot.batch, slot.index, slot.command))
+                slot.stale = True
+        log.warning("Redis lost the log's scripts (SCRIPT FLUSH?): loading them again")
+        self._write([_Slot(None, 0, command, sha) for command, sha in self._loads] + again)
 
     def eof_received(self) -> bool:
         self.fail(ConnectionError("Redis closed the connection"))
@@ -276,16 +386,18 @@ class _ReplyProtocol(asyncio.Protocol):
                 self._timer.cancel()
             self._lost(self, slot_moved)
             self._transport.close()
-        waiting, self._waiting = self._waiting, deque()
-        for _, done in waiting:
-            _call(done, exc)
+        slots, self._slots = self._slots, deque()
+        told: set[int] = set()
+        for slot in slots:
+            batch = slot.batch
+            if batch is not None and id(batch) not in told:
+                told.add(id(batch))
+                _call(batch.done, exc)
 
 
-def _encode(commands: Sequence[Sequence[Arg]]) -> bytes:
-    data: list[bytes] = []
-    for command in commands:
-        data.extend(pack(command))
-    return b"".join(data)
+def _command(args: Sequence[Arg]) -> bytes:
+    """One command, encoded."""
+    return b"".join(pack(args))
 
 
 def _call(done: OnReplies, replies: Replies) -> None:

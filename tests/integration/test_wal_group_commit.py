@@ -189,3 +189,43 @@ def test_a_lone_enqueue_on_an_idle_log_is_written_before_the_loop_turns(redis_ur
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_commits_go_by_sha_and_a_script_cache_flushed_under_them_costs_nothing(
+    redis_url: str,
+) -> None:
+    """Commits go as EVALSHA, the log's connection loading the scripts first. SCRIPT
+    FLUSH from another connection, again and again while commits are in flight: every
+    request is still applied, once (the entries are there and nothing was refused as a
+    duplicate), in hand-in order (the sequence numbers), and no caller hears of it."""
+
+    async def scenario() -> None:
+        client, wal = await _log(redis_url)
+        other = aioredis.Redis.from_url(redis_url, socket_timeout=5.0)
+        await client.config_resetstat()
+        answered: list[tuple[int, list[Outcome]]] = []
+        for i in range(200):
+            wal.enqueue(
+                [_entry(f"f{i}-a"), _entry(f"f{i}-b")],
+                lambda outcomes, i=i: answered.append((i, outcomes)),
+            )
+            if i % 9 == 0:
+                await other.script_flush()  # lands between, before or under commits
+            if i % 4 == 0:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(wal.flush(), 30.0)
+        assert [i for i, _ in answered] == list(range(200))
+        outcomes = [o for _, batch in answered for o in batch]
+        assert all(isinstance(o, Applied) for o in outcomes), [
+            o for o in outcomes if not isinstance(o, Applied)
+        ][:3]
+        seqs = [o.seq for o in outcomes if isinstance(o, Applied)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 400
+        stats = await client.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] >= wal.commits
+        assert "cmdstat_eval" not in stats  # no script source is sent with a commit
+        await wal.close()
+        await client.aclose()
+        await other.aclose()
+
+    asyncio.run(scenario())
