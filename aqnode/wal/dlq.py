@@ -74,9 +74,9 @@ class DeadLetterQueue:
             pipe = self.redis.pipeline(transaction=False)
             for mid in ids:
                 pipe.hgetall(keys.entry(mid))
-            for raw in pipe.execute():
+            for mid, raw in zip(ids, pipe.execute(), strict=True):
                 if raw:
-                    letter = _letter(node, raw)
+                    letter = _letter(node, mid, raw)
                     if entity_type is None or letter.entity_type == entity_type:
                         found.append(letter)
         found.sort(key=lambda d: d.dead_lettered_at)
@@ -88,7 +88,7 @@ class DeadLetterQueue:
             if self.redis.zscore(keys.dlq, dlq_id) is not None:
                 raw = self.redis.hgetall(keys.entry(dlq_id))
                 if raw:
-                    return _letter(node, raw)  # type: ignore[arg-type]
+                    return _letter(node, dlq_id, raw)  # type: ignore[arg-type]
         raise KeyError(f"no dead letter {dlq_id!r} (see `aqnode dlq list`)")
 
     def replay(
@@ -130,8 +130,8 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _letter(node: str, raw: dict[bytes, bytes]) -> DeadLetter:
-    fields = entry_body.expand({_text(k): v for k, v in raw.items()})
+def _letter(node: str, message_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
+    fields = entry_body.expand({_text(k): v for k, v in raw.items()}, message_id)
     payload = fields.get("payload", b"")
     error_bytes = fields.get("error", b"")
     return DeadLetter(

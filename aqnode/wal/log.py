@@ -205,7 +205,7 @@ class WriteAheadLog:
         """One entry's fields (text fields as str, ``payload``/``reply``/``error`` as bytes)."""
         with translated():
             raw = await self.redis.hgetall(self.keys.entry(message_id))
-        return _decode_fields(raw)
+        return _decode_fields(raw, message_id)
 
     async def dead_letter_count(self) -> int:
         """How many dead letters wait in this node's queue."""
@@ -243,7 +243,7 @@ class WriteAheadLog:
                 pipe.hgetall(self.keys.entry(mid))
             for mid, raw in zip(part, await pipe.execute(), strict=True):
                 if raw:
-                    entries.append(_decode_fields(raw))
+                    entries.append(_decode_fields(raw, mid))
                 else:  # the entry's safety TTL ran out: nothing left to run
                     dangling.append(mid)
         if dangling:
@@ -516,14 +516,8 @@ class WriteAheadLog:
             args.extend(
                 (
                     e.message_id,
-                    pack(
-                        e.message_id,
-                        e.entity_type,
-                        e.message,
-                        e.entity_id,
-                        e.payload,
-                        e.enqueued_at,
-                    ),
+                    pack(e.entity_type, e.message, e.entity_id, e.enqueued_at),
+                    e.payload,
                     _ENQUEUE_FLAGS[e.dispatch, e.revive],
                 )
             )
@@ -578,15 +572,15 @@ def _call(done: Callback, outcomes: list[Outcome]) -> None:
 BINARY_FIELDS: Final = frozenset({"payload", "reply", "error", entry_body.BODY})
 
 
-def _decode_fields(raw: dict[Any, Any]) -> dict[str, Any]:
-    """An entry hash with text fields as ``str`` and payload/reply/error kept as bytes,
-    its packed ``body`` (if it has one) spelled out as fields (``entry_body.expand``)."""
+def _decode_fields(raw: dict[Any, Any], message_id: str) -> dict[str, Any]:
+    """Entry ``message_id``'s hash with text fields as ``str`` and payload/reply/error kept
+    as bytes, its packed ``body`` (if it has one) spelled out (``entry_body.expand``)."""
     fields: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else str(key)
         keep = name in BINARY_FIELDS or not isinstance(value, bytes)
         fields[name] = value if keep else value.decode()
-    return entry_body.expand(fields)
+    return entry_body.expand(fields, message_id)
 
 
 def _strip_comments(source: str) -> str:

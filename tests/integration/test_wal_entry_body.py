@@ -1,7 +1,8 @@
-"""An entry's immutable part travels and is stored as one packed field (``body``), and
-every reader spells it out as the fields an entry written field by field has: a log in
-Redis from an earlier aqnode (or a tombstone) reads the same as a new one, in recovery,
-adoption and the dead-letter queue."""
+"""An entry's small immutable part travels and is stored as one packed field (``body``),
+its payload in a field of its own and its id only in its key; every reader spells them
+out as the fields an entry written field by field has: a log in Redis from an earlier
+aqnode (or a tombstone) reads the same as a new one, in recovery, adoption and the
+dead-letter queue. Small values keep Redis's compact hash encoding."""
 
 from __future__ import annotations
 
@@ -37,8 +38,16 @@ def test_a_packed_entry_and_one_written_field_by_field_read_the_same(redis_url: 
         [outcome] = await _enqueue(wal, [new])
         assert isinstance(outcome, Applied)
         stored = await client.hgetall(keys.entry("new-1"))
-        # two arguments per message instead of twelve: the immutable part is one field
-        assert set(stored) == {b"state", b"body", b"seq", b"attempts", b"dispatched_at"}
+        # the immutable part is one field, the payload another, the id is the key's
+        assert set(stored) == {
+            b"state",
+            b"body",
+            b"payload",
+            b"seq",
+            b"attempts",
+            b"dispatched_at",
+        }
+        assert await client.object("encoding", keys.entry("new-1")) == b"listpack"
 
         # the same message as an earlier aqnode wrote it, field by field, next in the log
         await client.hset(
@@ -79,13 +88,14 @@ def test_a_packed_entry_and_one_written_field_by_field_read_the_same(redis_url: 
 def test_the_dead_letter_queue_reads_a_packed_entry(redis_url: str) -> None:
     sync = redis.Redis.from_url(redis_url)
     keys = LogKeys("aq", "body-dlq")
-    body = entry_body.pack("dead-1", "counter", "Incr", "c7", PAYLOAD, NOW)
+    body = entry_body.pack("counter", "Incr", "c7", NOW)
     error = msgspec.msgpack.encode({"code": "HANDLER_ERROR", "message": "boom"})
     sync.hset(
         keys.entry("dead-1"),
         mapping={
             "state": "failed",
             "body": body,
+            "payload": PAYLOAD,
             "seq": 1,
             "attempts": 3,
             "error": error,
@@ -106,4 +116,4 @@ def test_the_dead_letter_queue_reads_a_packed_entry(redis_url: str) -> None:
 def test_a_body_that_is_not_ours_is_an_error_not_a_guess(body: bytes) -> None:
     fields: dict[str, Any] = {"state": "enqueued", "body": body}
     with pytest.raises(msgspec.DecodeError):
-        entry_body.expand(fields)
+        entry_body.expand(fields, "m1")

@@ -8,9 +8,9 @@
 -- KEYS[4..] one entry key (hash) per message, in enqueue order
 -- ARGV[1]   entry TTL in seconds (the safety TTL)
 -- ARGV[2]   now (unix seconds), the dispatch time of pre-dispatched messages
--- ARGV[3..] per message, 3 values: id; body, what never changes in the entry (id,
---           entity_type, message, entity_id, payload, enqueued_at as one msgpack
---           array: aqnode/wal/entry_body.py), written as is and never read here;
+-- ARGV[3..] per message, 4 values: id (only for the live index: the key holds it);
+--           body, entity_type, message, entity_id and enqueued_at as one msgpack array
+--           (aqnode/wal/entry_body.py), written as is and never read here; payload;
 --           flags: '1' write it as `dispatched` (attempt 1); '2' a moved message
 --           coming back (adoption, cluster mode): it may replace a `moved` entry, the
 --           tombstone of its earlier stay here; '3' both
@@ -34,18 +34,18 @@ local seq = redis.call('INCRBY', KEYS[2], n) - n  -- ids already known leave gap
 for i = 1, n do
   local key = KEYS[i + 3]
   local state = redis.call('HGET', key, 'state')
-  local a = 3 + (i - 1) * 3
-  local flags = ARGV[a + 2]
+  local a = 3 + (i - 1) * 4
+  local flags = ARGV[a + 3]
   if state and not (state == 'moved' and (flags == '2' or flags == '3')) then
     results[i] = state
   else
     seq = seq + 1
     if flags == '1' or flags == '3' then
-      redis.call('HSET', key, 'state', 'dispatched', 'body', ARGV[a + 1], 'seq', seq,
-        'attempts', 1, 'dispatched_at', ARGV[2])
+      redis.call('HSET', key, 'state', 'dispatched', 'body', ARGV[a + 1],
+        'payload', ARGV[a + 2], 'seq', seq, 'attempts', 1, 'dispatched_at', ARGV[2])
     else
-      redis.call('HSET', key, 'state', 'enqueued', 'body', ARGV[a + 1], 'seq', seq,
-        'attempts', 0)
+      redis.call('HSET', key, 'state', 'enqueued', 'body', ARGV[a + 1],
+        'payload', ARGV[a + 2], 'seq', seq, 'attempts', 0)
     end
     redis.call('EXPIRE', key, ttl)
     live[#live + 1] = seq
