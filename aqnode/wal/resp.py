@@ -14,16 +14,18 @@ reply, and the next batch asks the cluster where the slot lives now.
 
 Scripts go by their SHA1 (EVALSHA): with EVAL, Redis reads and hashes a script's source
 on every call, about a third of its work for a commit of one message. Each new
-connection writes ``SCRIPT LOAD`` of every script before anything else. A Redis whose
-script cache is emptied under an open connection (``SCRIPT FLUSH``) answers NOSCRIPT,
-and the connection then re-sends, in order and ahead of anything newer, the refused
-command and every command written after it, behind a new ``SCRIPT LOAD``; the replies
-to the first copies are dropped. That re-send can neither run a command twice nor
-reorder two: a refused command did nothing, and every command written after it on this
-connection is refused too, because a script's source carries a token of its log's own
-(see :class:`aqnode.wal.log.WriteAheadLog`), so no other connection ever loads it, and
-this connection loads it again only behind them. A reply that breaks this (a first copy
-that was not refused) ends the connection like an outage.
+connection first loads every script, in one MULTI/EXEC so that no SCRIPT FLUSH can fall
+between two of the loads. A Redis whose script cache is emptied under an open
+connection (``SCRIPT FLUSH``) answers NOSCRIPT; the connection then loads the scripts
+again and holds everything new, and once every command written after the refused one
+has been answered, it writes the refused command and those after it again, in their
+order, then what it held. That can neither run a command twice nor reorder two: a
+refused command did nothing, and every command written after it on this connection is
+refused too, because a script's source carries a token of its log's own (see
+:class:`aqnode.wal.log.WriteAheadLog`), so no other log's connection ever loads it.
+Should one of them have run all the same (this log's previous connection loading late,
+say), nothing is written again and the connection ends like an outage: every batch it
+owes hears that its outcome is unknown.
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ def pack(args: Sequence[Arg]) -> list[bytes]:
     return parts
 
 
+def _loads(scripts: Sequence[str]) -> list[tuple[bytes, Any]]:
+    """SCRIPT LOAD of every script in one MULTI/EXEC (no SCRIPT FLUSH can fall between
+    two of them), each command with the reply it must get."""
+    if not scripts:
+        return []
+    return [
+        (_command(("MULTI",)), b"OK"),
+        *((_command(("SCRIPT", "LOAD", body)), b"QUEUED") for body in scripts),
+        (_command(("EXEC",)), [script_sha(body).encode() for body in scripts]),
+    ]
+
+
 def script_sha(body: str) -> str:
     """The SHA1 Redis names a script by (what SCRIPT LOAD returns, what EVALSHA takes)."""
     return hashlib.sha1(body.encode()).hexdigest()
@@ -102,8 +116,8 @@ class PipelinedConnection:
     ) -> None:
         self._client = client
         self._slot_key = slot_key  #: a key of the log's hash slot (Redis Cluster)
-        #: SCRIPT LOAD of each script, and the SHA1 Redis must answer it with
-        self._loads = [(_command(("SCRIPT", "LOAD", body)), script_sha(body)) for body in scripts]
+        #: the scripts' load, as (command, the reply Redis must give it)
+        self._loads = _loads(scripts)
         self._topology_stale = False
         self._conn: Any = None
         self._protocol: _ReplyProtocol | None = None
@@ -220,16 +234,19 @@ class _Batch:
 
 class _Slot:
     """One command written and not yet answered: whose reply it is (``batch`` and
-    ``index``), or a SCRIPT LOAD's (``sha``: what Redis must answer), or the first copy
-    of a command re-sent after NOSCRIPT (``stale``: its reply must be NOSCRIPT)."""
+    ``index``), or a command of the scripts' load (``expect``: the reply it must get),
+    or the first copy of a command refused by NOSCRIPT or written after one (``stale``:
+    its reply must be NOSCRIPT, and the command goes again once it is)."""
 
-    __slots__ = ("batch", "command", "index", "sha", "stale")
+    __slots__ = ("batch", "command", "expect", "index", "stale")
 
-    def __init__(self, batch: _Batch | None, index: int, command: bytes, sha: str = "") -> None:
+    def __init__(
+        self, batch: _Batch | None, index: int, command: bytes, expect: Any = None
+    ) -> None:
         self.batch = batch
         self.index = index
         self.command = command
-        self.sha = sha
+        self.expect = expect
         self.stale = False
 
 
@@ -240,13 +257,15 @@ class _ReplyProtocol(asyncio.Protocol):
     writer's flow control (pause/resume) and its close. While replies are owed, a socket
     time-out without a byte fails the connection (a frozen Redis); an idle one waits.
     One :class:`_Slot` per command owed, in write order, says whose reply comes next.
+    While the scripts are loaded again after a NOSCRIPT, what is to be written again
+    (``_again``) and new batches (``_held``) wait, in order, for the load's last reply.
     """
 
     def __init__(
         self,
         conn: Any,
         lost: Callable[[_ReplyProtocol, bool], None],
-        loads: Sequence[tuple[bytes, str]] = (),
+        loads: Sequence[tuple[bytes, Any]] = (),
     ) -> None:
         self._conn = conn
         self._lost = lost
@@ -258,7 +277,9 @@ class _ReplyProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._parser = ReplyParser()
         self._slots: deque[_Slot] = deque()
-        self._resends = 0  #: NOSCRIPT re-sends since the last reply that was not one
+        self._again: list[_Slot] | None = None  #: refused commands, None when none wait
+        self._held: list[_Slot] = []  #: new commands written while ``_again`` waits
+        self._resends = 0  #: NOSCRIPT rounds since the last reply that was not one
         self._progress = 0.0  #: loop time of the last byte read, or of the first write owed
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -266,12 +287,12 @@ class _ReplyProtocol(asyncio.Protocol):
 
     @property
     def owed(self) -> bool:
-        return bool(self._slots)
+        return bool(self._slots) or self._again is not None
 
     def load_scripts(self) -> None:
-        """SCRIPT LOAD every script, ahead of any command that names one."""
+        """Load every script, ahead of any command that names one."""
         if self._loads:
-            self._write([_Slot(None, 0, command, sha) for command, sha in self._loads])
+            self._write([_Slot(None, 0, command, expect) for command, expect in self._loads])
 
     def write(self, commands: list[bytes], done: OnReplies) -> None:
         """Write one batch of encoded commands; ``done`` gets their replies, once."""
@@ -279,14 +300,24 @@ class _ReplyProtocol(asyncio.Protocol):
             self.fail(ConnectionError("the connection to Redis closed"))
             _call(done, ConnectionError("the connection to Redis closed"))
             return
+        if not commands:
+            _call(done, [])
+            return
         batch = _Batch(len(commands), done)
-        self._write([_Slot(batch, i, command) for i, command in enumerate(commands)])
+        slots = [_Slot(batch, i, command) for i, command in enumerate(commands)]
+        if self._again is not None:  # behind what goes again, in order
+            self._held.extend(slots)
+        else:
+            self._write(slots)
 
     def _write(self, slots: list[_Slot]) -> None:
         self._transport.write(b"".join(slot.command for slot in slots))
         if not self._slots:
             self._progress = self._loop.time()
         self._slots.extend(slots)
+        self._arm()
+
+    def _arm(self) -> None:
         if self._timer is None and self._timeout:
             self._timer = self._loop.call_later(self._timeout, self._check_timeout)
 
@@ -312,8 +343,7 @@ class _ReplyProtocol(asyncio.Protocol):
                     raise ReplyProtocolError("Redis sent a reply nobody asked for")
                 if isinstance(reply, Exception) and not isinstance(reply, ERROR_REPLY):
                     raise reply  # LOADING, NOAUTH, ...: the connection is not usable
-                slot = self._slots.popleft()
-                if self._took(slot, reply):
+                if self._took(self._slots.popleft(), reply):
                     return
             if not self._slots and self._parser.buffered:
                 raise ReplyProtocolError("Redis sent a reply nobody asked for")
@@ -322,20 +352,25 @@ class _ReplyProtocol(asyncio.Protocol):
 
     def _took(self, slot: _Slot, reply: Any) -> bool:
         """Give ``reply`` to ``slot``; True when that ended the connection."""
-        if slot.stale:  # the first copy of a re-sent command: it must have been refused
+        if slot.stale:  # a first copy: refused, or the re-send would run it again
+            if isinstance(reply, SLOT_ELSEWHERE):
+                self.fail(ConnectionError("the log's slot moved"), slot_moved=True)
+                return True
             if not isinstance(reply, SCRIPT_MISSING):
                 raise ReplyProtocolError(
-                    f"a command re-sent after NOSCRIPT had run after all ({reply!r})"
+                    f"a command written after one refused with NOSCRIPT ran ({reply!r}): "
+                    "nothing is written again"
                 )
+            self._release()
             return False
         batch = slot.batch
-        if batch is None:  # SCRIPT LOAD
-            got = reply.decode() if isinstance(reply, bytes) else reply
-            if got != slot.sha:
-                raise ConnectionError(f"Redis would not load the log's scripts: {got!r}")
+        if batch is None:  # a command of the scripts' load
+            if reply != slot.expect:
+                raise ConnectionError(f"Redis would not load the log's scripts ({reply!r})")
+            self._release()
             return False
         if isinstance(reply, SCRIPT_MISSING):
-            self._resend(slot)
+            self._refused(slot)
             return False
         self._resends = 0
         batch.replies[slot.index] = reply
@@ -348,21 +383,32 @@ class _ReplyProtocol(asyncio.Protocol):
             return True
         return False
 
-    def _resend(self, refused: _Slot) -> None:
-        """NOSCRIPT: the script cache was emptied. Write the scripts again, then
-        ``refused`` and every command owed after it (whose first copies are refused too,
-        see the module's docstring), so that they run in the order first written."""
+    def _refused(self, refused: _Slot) -> None:
+        """NOSCRIPT: the script cache was emptied. Load the scripts again; ``refused`` and
+        every command owed after it go again once all their first copies have been
+        refused too (:meth:`_release`), new ones after them."""
         self._resends += 1
         if self._resends > MAX_RESENDS:
             self._slots.appendleft(refused)  # still owed: fail() tells its batch
             raise ConnectionError("Redis keeps losing the log's scripts (NOSCRIPT)")
-        again = [refused]
+        again = [_Slot(refused.batch, refused.index, refused.command)]
         for slot in self._slots:
             if slot.batch is not None and not slot.stale:
                 again.append(_Slot(slot.batch, slot.index, slot.command))
                 slot.stale = True
+                slot.command = b""  # its copy holds it
+        self._again = again
         log.warning("Redis lost the log's scripts (SCRIPT FLUSH?): loading them again")
-        self._write([_Slot(None, 0, command, sha) for command, sha in self._loads] + again)
+        self._write([_Slot(None, 0, command, expect) for command, expect in self._loads])
+
+    def _release(self) -> None:
+        """Once nothing is owed but what this connection's last load leaves (every first
+        copy refused, the scripts back), write again what waits, in order."""
+        if self._again is None or self._slots:
+            return
+        slots = self._again + self._held
+        self._again, self._held = None, []
+        self._write(slots)
 
     def eof_received(self) -> bool:
         self.fail(ConnectionError("Redis closed the connection"))
@@ -386,9 +432,10 @@ class _ReplyProtocol(asyncio.Protocol):
                 self._timer.cancel()
             self._lost(self, slot_moved)
             self._transport.close()
-        slots, self._slots = self._slots, deque()
+        owed = [*self._slots, *(self._again or ()), *self._held]
+        self._slots, self._again, self._held = deque(), None, []
         told: set[int] = set()
-        for slot in slots:
+        for slot in owed:
             batch = slot.batch
             if batch is not None and id(batch) not in told:
                 told.add(id(batch))
