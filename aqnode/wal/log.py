@@ -167,7 +167,13 @@ class WriteAheadLog:
         self._in_flight = 0  #: commits written and not yet answered (or failed)
         #: opens the connection when none is open; no commit is written meanwhile
         self._task: asyncio.Task[None] | None = None
-        self._drained: list[asyncio.Future[None]] = []  #: flush()es waiting
+        #: flush()es waiting: how many requests must be answered first, and the future
+        self._drained: list[tuple[int, asyncio.Future[None]]] = []
+        self._handed = 0  #: requests handed in
+        #: requests answered. Commits take the pending requests in the order they were
+        #: handed in and are answered in order, so after each commit these are the first
+        #: ones handed in (within a commit, kinds go in KINDS order)
+        self._settled = 0
         self.commits = 0  #: pipelines sent, for metrics and benchmarks
         self.committed = 0  #: transitions applied
         #: called with (kind, transitions) for every kind in every commit (metrics)
@@ -312,10 +318,14 @@ class WriteAheadLog:
             return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
 
     async def flush(self) -> None:
-        """Wait until everything handed in so far is committed (or failed)."""
-        while self._pending or self._in_flight or self._task is not None:
-            waiter = self._loop.get().create_future()
-            self._drained.append(waiter)
+        """Wait until everything handed in so far is committed (or failed). What is
+        handed in meanwhile is not waited for: requests are answered in the order they
+        were handed in, so this ends even while others keep coming (a draining node's
+        shards keep finishing messages)."""
+        target = self._handed
+        if self._settled < target:
+            waiter: asyncio.Future[None] = self._loop.get().create_future()
+            self._drained.append((target, waiter))
             await waiter
 
     def abandon_in_flight(self, reason: str) -> None:
@@ -344,6 +354,7 @@ class WriteAheadLog:
 
     def _add(self, request: _Request, alone_ok: bool = False) -> None:
         idle = not (self._pending or self._in_flight or self._scheduled or self._task)
+        self._handed += 1
         self._pending.append(request)
         if alone_ok and idle:
             self._pump()
@@ -403,22 +414,25 @@ class WriteAheadLog:
             self._task = None
         if self._pending:
             self._schedule()
-        else:
-            self._check_drained()
+        self._check_drained()
 
     def _answered(self) -> None:
         self._in_flight -= 1
         if self._pending:
             self._schedule()
-        else:
-            self._check_drained()
+        self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._drained and not (self._pending or self._in_flight or self._task is not None):
-            waiters, self._drained = self._drained, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if not self._drained:
+            return
+        settled = self._settled
+        waiting = []
+        for target, waiter in self._drained:
+            if target > settled:
+                waiting.append((target, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
+        self._drained = waiting
 
     def _prepare(self, batch: list[_Request]) -> tuple[list[list[Any]], list[_Span]]:
         """One commit's EVALs, in KINDS order, and where each request's outcomes are."""
@@ -472,6 +486,7 @@ class WriteAheadLog:
         )
         for request, _, _ in spans:
             _call(request.done, [Failed(error)] * len(request.items))
+            self._settled += 1
 
     def _deliver(
         self,
@@ -488,6 +503,7 @@ class WriteAheadLog:
         ]
         self.committed += sum(not isinstance(o, Failed) for o in outcomes)
         _call(request.done, outcomes)
+        self._settled += 1
 
     def _script_args(self, kind: str, items: Sequence[Any], now: str) -> list[Any]:
         keys = self.keys

@@ -91,8 +91,10 @@ def script_sha(body: str) -> str:
 
 Replies = list[Any] | BaseException  #: a batch's replies, or why it has none
 OnReplies = Callable[[Replies], None]
-#: NOSCRIPT re-sends in a row with no reply in between before the connection gives up
-MAX_RESENDS: Final = 3
+#: NOSCRIPT rounds in a row with no other reply in between before the connection gives
+#: up: each SCRIPT FLUSH costs at most one, so only a Redis that cannot keep scripts
+#: (or flushes in a tight loop) gets there
+MAX_RESENDS: Final = 10
 
 
 class PipelinedConnection:

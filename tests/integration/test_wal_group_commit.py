@@ -195,9 +195,11 @@ def test_commits_go_by_sha_and_a_script_cache_flushed_under_them_costs_nothing(
     redis_url: str,
 ) -> None:
     """Commits go as EVALSHA, the log's connection loading the scripts first. SCRIPT
-    FLUSH from another connection, again and again while commits are in flight: every
+    FLUSH from another connection, 23 times, each while commits are in flight: every
     request is still applied, once (the entries are there and nothing was refused as a
-    duplicate), in hand-in order (the sequence numbers), and no caller hears of it."""
+    duplicate), in hand-in order (the sequence numbers), and no caller hears of it.
+    (Flushes faster than the log can load its scripts again, a round trip or two each,
+    would end its connection after MAX_RESENDS rounds, like an outage.)"""
 
     async def scenario() -> None:
         client, wal = await _log(redis_url)
@@ -213,6 +215,8 @@ def test_commits_go_by_sha_and_a_script_cache_flushed_under_them_costs_nothing(
                 await other.script_flush()  # lands between, before or under commits
             if i % 4 == 0:
                 await asyncio.sleep(0)
+            if i % 9 == 4:
+                await asyncio.wait_for(wal.flush(), 30.0)  # the scripts are back
         await asyncio.wait_for(wal.flush(), 30.0)
         assert [i for i, _ in answered] == list(range(200))
         outcomes = [o for _, batch in answered for o in batch]
@@ -227,5 +231,39 @@ def test_commits_go_by_sha_and_a_script_cache_flushed_under_them_costs_nothing(
         await wal.close()
         await client.aclose()
         await other.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_flush_waits_for_what_was_handed_in_before_it_not_for_an_idle_moment(
+    redis_url: str,
+) -> None:
+    """A draining node flushes its log while its shards keep finishing messages: flush()
+    must end once what was handed in before it is answered, even if more keeps coming
+    (it used to wait for a moment with nothing pending, which a steady stream of
+    commits may never leave)."""
+
+    async def scenario() -> None:
+        client, wal = await _log(redis_url)
+        loop = asyncio.get_running_loop()
+        before: list[asyncio.Future[list[Outcome]]] = []
+        for i in range(5):
+            future: asyncio.Future[list[Outcome]] = loop.create_future()
+            wal.enqueue([_entry(f"before-{i}")], future.set_result)
+            before.append(future)
+        flushing = loop.create_task(wal.flush())
+        after = 0
+        while not flushing.done():  # a commit handed in at every turn of the loop
+            assert after < 10_000, "flush() waited for the stream to stop"
+            wal.enqueue([_entry(f"after-{after}")], lambda _outcomes: None)
+            after += 1
+            await asyncio.sleep(0)
+        assert all(f.done() for f in before)
+        assert all(isinstance(f.result()[0], Applied) for f in before)
+        assert wal._pending or wal._in_flight  # the stream was still going
+        await asyncio.wait_for(wal.flush(), 30.0)  # and a last flush ends it all
+        assert not (wal._pending or wal._in_flight)
+        await wal.close()
+        await client.aclose()
 
     asyncio.run(scenario())
