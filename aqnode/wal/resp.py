@@ -434,7 +434,13 @@ class _ReplyProtocol(asyncio.Protocol):
                 self._timer.cancel()
             self._lost(self, slot_moved)
             self._transport.close()
-        owed = [*self._slots, *(self._again or ()), *self._held]
+        # In write order: a first copy (stale) stands for a batch whose copy waits in
+        # _again, which holds the earliest batches still owed.
+        owed = [
+            *(slot for slot in self._slots if not slot.stale),
+            *(self._again or ()),
+            *self._held,
+        ]
         self._slots, self._again, self._held = deque(), None, []
         told: set[int] = set()
         for slot in owed:

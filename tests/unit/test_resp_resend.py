@@ -175,3 +175,30 @@ def test_an_empty_batch_is_answered_at_once() -> None:
         assert heard == [[]] and transport.written == [] and not protocol.owed
 
     _run(body)
+
+
+def test_a_redis_that_stops_answering_while_the_scripts_load_again_fails_every_batch_once() -> None:
+    """Redis freezes after a NOSCRIPT, with the load owed, a first copy owed and a new
+    batch held: at the socket time-out every batch (the held one too) hears it, once,
+    and nothing was written again."""
+
+    async def main() -> None:
+        conn = _Conn()
+        conn.socket_timeout = 0.05  # type: ignore[misc]
+        protocol = _ReplyProtocol(conn, lambda _p, _moved: None, LOADS)
+        transport = conn._writer.transport
+        heard: list[tuple[str, Replies]] = []
+        protocol.write([_evalsha("a1")], lambda r: heard.append(("a", r)))
+        protocol.write([_evalsha("b1")], lambda r: heard.append(("b", r)))
+        protocol.data_received(NOSCRIPT)  # a1 refused: the load goes out, b1's copy owed
+        protocol.write([_evalsha("c1")], lambda r: heard.append(("c", r)))  # held
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while not protocol.closed:
+            assert asyncio.get_running_loop().time() < deadline, "no time-out"
+            await asyncio.sleep(0.01)
+        assert [name for name, _ in heard] == ["a", "b", "c"]
+        assert all(isinstance(r, TimeoutError) for _, r in heard)
+        assert transport.written == [_evalsha("a1"), _evalsha("b1"), LOAD_BYTES]
+        assert not protocol.owed
+
+    asyncio.run(main())
