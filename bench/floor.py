@@ -20,7 +20,9 @@ one ``aqnode serve`` (``bench.handlers``, 2 shards, from ``bench/procs.py``):
 - 1,000 calls of ``wait`` / ``enqueue_and_wait`` (p50, p99);
 - ``direct``: the same ``HSET``s straight to Redis.
 
-It prints each round and then the medians, and **aqnode / relay per round**: the share
+For the ``run`` measurements and aqnode's, it also takes the CPU per call of the
+processes in the middle (the relay and its worker; the supervisor and its shards) and
+of Redis. It prints each round and then the medians, and **aqnode / relay per round**: the share
 of what the machine allows that aqnode reaches, a figure that compares across machines
 better than an absolute rate.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -40,6 +43,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import psutil
 import uvloop
 
 from aqnode.client import Client, SyncClient
@@ -155,24 +159,27 @@ def _wait_for(path: str, proc: subprocess.Popen[bytes]) -> None:
 # ---- the client side -----------------------------------------------------------------
 
 
-async def _timed_async(seconds: float, call: Callable[[int], Awaitable[object]]) -> float:
+async def _timed_async(
+    seconds: float, call: Callable[[int], Awaitable[object]]
+) -> tuple[int, float]:
+    """(calls made, calls/s) of ``call`` awaited one at a time for ``seconds``."""
     n, began = 0, time.perf_counter()
     end = began + seconds
     while time.perf_counter() < end:
         for _ in range(100):
             await call(n)
             n += 1
-    return n / (time.perf_counter() - began)
+    return n, n / (time.perf_counter() - began)
 
 
-def _timed_sync(seconds: float, call: Callable[[int], object]) -> float:
+def _timed_sync(seconds: float, call: Callable[[int], object]) -> tuple[int, float]:
     n, began = 0, time.perf_counter()
     end = began + seconds
     while time.perf_counter() < end:
         for _ in range(100):
             call(n)
             n += 1
-    return n / (time.perf_counter() - began)
+    return n, n / (time.perf_counter() - began)
 
 
 async def _latencies(call: Callable[[int], Awaitable[object]]) -> tuple[float, float]:
@@ -196,7 +203,7 @@ class _Line:
         await self.reader.readline()
 
 
-async def _direct_async(port: int, seconds: float) -> float:
+async def _direct_async(port: int, seconds: float) -> tuple[int, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
     async def call(n: int) -> None:
@@ -209,7 +216,7 @@ async def _direct_async(port: int, seconds: float) -> float:
         writer.close()
 
 
-def _direct_sync(port: int, seconds: float) -> float:
+def _direct_sync(port: int, seconds: float) -> tuple[int, float]:
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _timed_sync(
@@ -217,19 +224,67 @@ def _direct_sync(port: int, seconds: float) -> float:
         )
 
 
+def _cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class CpuPerCall:
+    """CPU per call (us) of the middle processes (the relay and its worker, or the node's
+    supervisor and shards) and of Redis, over one rate measurement."""
+
+    def __init__(self, out: dict[str, float], redis_pid: int) -> None:
+        self.out, self.redis_pid = out, redis_pid
+
+    async def rate_async(
+        self,
+        label: str,
+        middle: list[int],
+        seconds: float,
+        call: Callable[[int], Awaitable[object]],
+    ) -> None:
+        before = _cpu_s(middle), _cpu_s([self.redis_pid])
+        calls, rate = await _timed_async(seconds, call)
+        self._record(label, middle, before, calls, rate)
+
+    def rate_sync(
+        self, label: str, middle: list[int], seconds: float, call: Callable[[int], object]
+    ) -> None:
+        before = _cpu_s(middle), _cpu_s([self.redis_pid])
+        calls, rate = _timed_sync(seconds, call)
+        self._record(label, middle, before, calls, rate)
+
+    def _record(
+        self, label: str, middle: list[int], before: tuple[float, float], calls: int, rate: float
+    ) -> None:
+        self.out[label] = rate
+        self.out[f"{label}: middle CPU"] = (_cpu_s(middle) - before[0]) / calls * 1e6
+        self.out[f"{label}: Redis CPU"] = (_cpu_s([self.redis_pid]) - before[1]) / calls * 1e6
+
+
 async def one_round(
-    sock_path: str, address: str, redis_port: int, seconds: float
+    sock_path: str, address: str, redis_port: int, seconds: float, pids: dict[str, list[int]]
 ) -> dict[str, float]:
     out: dict[str, float] = {}
+    cpu = CpuPerCall(out, pids["redis"][0])
     reader, writer = await asyncio.open_unix_connection(sock_path)
     line = _Line(reader, writer)
     async with Client(address) as client:
         for i in range(300):  # warm: the workers, the move to the native socket
             await client.enqueue_and_wait(Echo(id=f"e{i % 100}", seq=i))
-        out["relay ack, asyncio"] = await _timed_async(seconds, lambda n: line.call(b"a\n"))
-        out["relay run, asyncio"] = await _timed_async(seconds, lambda n: line.call(b"r\n"))
-        out["aqnode await enqueue"] = await _timed_async(
-            seconds, lambda n: client.enqueue(Echo(id=f"e{n % 100}", seq=n))
+        _, out["relay ack, asyncio"] = await _timed_async(seconds, lambda n: line.call(b"a\n"))
+        await cpu.rate_async(
+            "relay run, asyncio", pids["relay"], seconds, lambda n: line.call(b"r\n")
+        )
+        await cpu.rate_async(
+            "aqnode await enqueue",
+            pids["node"],
+            seconds,
+            lambda n: client.enqueue(Echo(id=f"e{n % 100}", seq=n)),
         )
         out["relay wait p50"], out["relay wait p99"] = await _latencies(lambda n: line.call(b"w\n"))
         out["aqnode enqueue_and_wait p50"], out["aqnode enqueue_and_wait p99"] = await _latencies(
@@ -238,23 +293,29 @@ async def one_round(
     writer.close()
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(sock_path)
-        out["relay ack, blocking"] = _timed_sync(
+        _, out["relay ack, blocking"] = _timed_sync(
             seconds, lambda n: (sock.sendall(b"a\n"), sock.recv(64))
         )
-        out["relay run, blocking"] = _timed_sync(
-            seconds, lambda n: (sock.sendall(b"r\n"), sock.recv(64))
+        cpu.rate_sync(
+            "relay run, blocking",
+            pids["relay"],
+            seconds,
+            lambda n: (sock.sendall(b"r\n"), sock.recv(64)),
         )
     sync = SyncClient(address)
     try:
         for i in range(300):
             sync.enqueue_and_wait(Echo(id=f"e{i % 100}", seq=i), timeout=30)
-        out["aqnode SyncClient.enqueue"] = _timed_sync(
-            seconds, lambda n: sync.enqueue(Echo(id=f"e{n % 100}", seq=n))
+        cpu.rate_sync(
+            "aqnode SyncClient.enqueue",
+            pids["node"],
+            seconds,
+            lambda n: sync.enqueue(Echo(id=f"e{n % 100}", seq=n)),
         )
     finally:
         sync.close()
-    out["direct HSET, asyncio"] = await _direct_async(redis_port, seconds)
-    out["direct HSET, blocking"] = _direct_sync(redis_port, seconds)
+    _, out["direct HSET, asyncio"] = await _direct_async(redis_port, seconds)
+    _, out["direct HSET, blocking"] = _direct_sync(redis_port, seconds)
     return out
 
 
@@ -293,9 +354,14 @@ def main() -> None:
                     _wait_for(sock_path + ".worker", procs[0])
                     procs.append(_spawn("--relay", sock_path, str(server.port)))
                     _wait_for(sock_path, procs[1])
+                    pids = {
+                        "redis": [server.proc.pid],
+                        "relay": [proc.pid for proc in procs],
+                        "node": node.pids(),
+                    }
                     for r in range(args.rounds):
                         out = asyncio.run(
-                            one_round(sock_path, node.address, server.port, args.seconds)
+                            one_round(sock_path, node.address, server.port, args.seconds, pids)
                         )
                         rounds.append(out)
                         print(
@@ -309,7 +375,7 @@ def main() -> None:
     print("\n| measurement | median (min-max) |\n|---|---|")
     for key in rounds[0]:
         values = [r[key] for r in rounds]
-        unit = " ms" if key.endswith(("p50", "p99")) else "/s"
+        unit = " ms" if key.endswith(("p50", "p99")) else " us" if key.endswith("CPU") else "/s"
         spread = f"{min(values):,.4g}-{max(values):,.4g}"
         print(f"| {key} | {statistics.median(values):,.4g}{unit} ({spread}) |")
     print("\n| aqnode / relay, per round | median (min-max) |\n|---|---|")
