@@ -335,9 +335,15 @@ def main() -> None:
         else:
             uvloop.run(worker(sys.argv[2]))
         return
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=2.0, help="per rate measurement")
+    p = argparse.ArgumentParser(
+        prog="scripts/floor-bench",
+        description="What this machine allows one call at a time: a relay with no logic "
+        "next to aqnode, in the same run (see BENCHMARKS.md).",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=5, help="relay and aqnode measured in turn (default 5)"
+    )
+    p.add_argument("--seconds", type=float, default=2.0, help="per rate measurement (default 2)")
     args = p.parse_args()
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
