@@ -58,14 +58,28 @@ __all__ = [
     "parse_config",
 ]
 
+# Upper bounds: every value must stay valid where it ends up (protobuf uint32 timeouts,
+# Redis EXPIRE, msgpack to the shards, timers), and be far beyond any sensible setting.
+#: milliseconds: 30 days, under the wire's uint32 `timeout_ms` (a forwarded wait carries
+#: `reply_timeout_ms`), and the client's longest `timeout=`
+MAX_MS: Final = 30 * 24 * 3600 * 1000
+#: seconds (`[wal] entry_ttl_s`, `idempotency_window_s`): 10 years, a valid Redis EXPIRE
+MAX_S: Final = 10 * 365 * 24 * 3600
+MAX_COUNT: Final = 2**31 - 1  #: counts, thresholds and limits: an int32
+#: shard processes: a shard is an interpreter per core; more than this is a typo
+MAX_SHARDS: Final = 256
+
 # Constrained scalar types: msgspec rejects impossible values while decoding and names the key.
-PositiveMs = Annotated[int, Meta(gt=0)]  # a timeout/interval in milliseconds, > 0
-NonNegMs = Annotated[int, Meta(ge=0)]  # a delay in milliseconds, 0 = none
-Limit = Annotated[int, Meta(ge=0)]  # a depth/count limit, 0 = unbounded
+PositiveMs = Annotated[int, Meta(gt=0, le=MAX_MS)]  # a timeout/interval in milliseconds, > 0
+NonNegMs = Annotated[int, Meta(ge=0, le=MAX_MS)]  # a delay in milliseconds, 0 = none
+Seconds = Annotated[int, Meta(ge=1, le=MAX_S)]  # a time to live in seconds
+Limit = Annotated[int, Meta(ge=0, le=MAX_COUNT)]  # a depth/count limit, 0 = unbounded
 #: a size in bytes; at most 128 MiB, so that one payload or reply always fits in one
 #: frame between supervisor and shard (ipc.MAX_FRAME_BYTES is 256 MiB)
 Bytes = Annotated[int, Meta(ge=1, le=128 * 1024 * 1024)]
-AtLeastOne = Annotated[int, Meta(ge=1)]  # counts and thresholds that make no sense below 1
+#: counts and thresholds that make no sense below 1
+AtLeastOne = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+ShardCount = Annotated[int, Meta(ge=1, le=MAX_SHARDS)]
 
 
 class ConfigError(AqnodeError):
@@ -116,8 +130,8 @@ class RetryOverride(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 class WalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     enabled: bool = True  # never disable in production
     cleanup_interval_ms: PositiveMs = 5000
-    entry_ttl_s: AtLeastOne = 86400  # safety TTL on every entry, seconds
-    idempotency_window_s: AtLeastOne = 3600  # how long a finished message id is remembered
+    entry_ttl_s: Seconds = 86400  # safety TTL on every entry, seconds
+    idempotency_window_s: Seconds = 3600  # how long a finished message id is remembered
 
 
 class EntityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -166,7 +180,7 @@ class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
 
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     handlers: list[str] = []  # dotted module names, imported by the shards
-    shards: AtLeastOne | Literal["auto"] = "auto"  # "auto": one per usable core
+    shards: ShardCount | Literal["auto"] = "auto"  # "auto": one per usable core (<= MAX_SHARDS)
     listen: str = "127.0.0.1:50051"  # gRPC HOST:PORT, client and peer API
     #: HOST:PORT of the native protocol (the Python client's fast path; TLS with [tls]);
     #: None: only the node's Unix socket <data_dir>/native.sock
@@ -223,7 +237,7 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
         # A container or taskset may allow fewer CPUs than the machine has.
         if hasattr(os, "sched_getaffinity"):
             n = min(n, len(os.sched_getaffinity(0)) or n)
-        return max(1, n)
+        return max(1, min(n, MAX_SHARDS))
 
     def resolved_data_dir(self, base: Path) -> Path:
         """`data_dir` as an absolute path; a relative one is taken from `base`, the config
@@ -523,7 +537,9 @@ def _describe(message: str, raw: Any) -> tuple[str, str]:
     # A bad choice ("Invalid enum value", or a wrong type where a Literal is allowed): list them.
     if options and (_ENUM_RE.match(msg) or msg.startswith("Expected `")):
         ints = [c for c in members if isinstance(c, mi.IntType)]
-        if ints and ints[0].ge is not None:
+        if ints and ints[0].ge is not None and ints[0].le is not None:
+            options.append(f"an integer from {ints[0].ge} to {ints[0].le}")
+        elif ints and ints[0].ge is not None:
             options.append(f"an integer >= {ints[0].ge}")
         got = _toml_repr(value) if value is not _MISSING else "nothing"
         choices = " or ".join(

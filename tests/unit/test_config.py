@@ -331,7 +331,9 @@ def test_impossible_values_name_the_key(text: str, key: str) -> None:
 
 
 def test_constraint_messages_show_the_value() -> None:
-    assert config_error("shards = 0").problem == 'Expected "auto" or an integer >= 1, got 0'
+    assert (
+        config_error("shards = 0").problem == 'Expected "auto" or an integer from 1 to 256, got 0'
+    )
     err = config_error("[wal]\nentry_ttl_s = 0")
     assert err.problem == "Expected `int` >= 1, got 0"
     err = config_error('[retry]\nbackoff = "linear"')
@@ -380,3 +382,104 @@ def test_mutual_tls_without_a_ca_is_a_config_error() -> None:
             'handlers = ["x"]\n[tls]\ncert_file = "a"\nkey_file = "b"\nrequire_client_cert = true\n'
         )
     assert caught.value.key == "tls.ca_file"
+
+
+# --- upper bounds: every integer stays valid where it ends up ---------------------------------
+
+
+def _int_keys() -> list[tuple[str, str, int]]:
+    """(section, key, upper bound) of every integer key in node.toml."""
+    import msgspec.inspect as mi
+
+    from aqnode.config import Deadlines, RedisConfig, RetryOverride, WalConfig
+
+    sections: list[tuple[str, type[msgspec.Struct]]] = [
+        ("", NodeConfig),
+        ("redis", RedisConfig),
+        ("retry", RetryPolicy),
+        ("wal", WalConfig),
+        ("entities.account", EntityConfig),
+        ("entities.account.retry", RetryOverride),
+        ("cluster", ClusterConfig),
+        ("cluster.deadlines", Deadlines),
+    ]
+    keys = []
+    for section, struct in sections:
+        info = mi.type_info(struct)
+        assert isinstance(info, mi.StructType)
+        for field in info.fields:
+            members = field.type.types if isinstance(field.type, mi.UnionType) else (field.type,)
+            for t in members:
+                if isinstance(t, mi.IntType):
+                    assert t.le is not None, f"{section}.{field.name} has no upper bound"
+                    keys.append((section, field.name, t.le))
+    return keys
+
+
+INT_KEYS = _int_keys()
+
+
+def _with(section: str, key: str, value: int) -> str:
+    return f"[{section}]\n{key} = {value}\n" if section else f"{key} = {value}\n"
+
+
+@pytest.mark.parametrize(("section", "key", "bound"), INT_KEYS)
+def test_every_integer_key_has_an_upper_bound_that_names_the_key(
+    section: str, key: str, bound: int
+) -> None:
+    dotted = f"{section}.{key}" if section else key
+    for value in (bound + 1, 100000000000000000000, 9223372036854775807):
+        err = config_error(_with(section, key, value))
+        assert err.key == dotted
+        assert str(value) in err.problem
+
+
+@pytest.mark.parametrize(("section", "key", "bound"), INT_KEYS)
+def test_every_bound_fits_msgpack_protobuf_and_redis(section: str, key: str, bound: int) -> None:
+    # msgpack (to the shards) and Redis take a signed 64-bit integer; a duration in
+    # milliseconds may travel as the wire's uint32 timeout_ms; seconds become Redis
+    # EXPIREs, whose milliseconds must fit in 64 bits too.
+    assert bound < 2**63
+    if key.endswith("_ms"):
+        assert bound <= 2**32 - 1
+    if key.endswith("_s"):
+        assert bound * 1000 < 2**63
+    try:
+        cfg = parse_config(_with(section, key, bound))
+    except ConfigError as exc:
+        # only a relation to another key may refuse the largest value (max_delay_ms >=
+        # backoff_delay_ms, node_ttl_ms > heartbeat_ms), never the bound itself
+        assert exc.key != (f"{section}.{key}" if section else key)
+        return
+    assert decode_config(encode_config(cfg)) == cfg
+
+
+def test_shards_beyond_the_bound_are_refused_at_load(tmp_path: Path) -> None:
+    from aqnode.config import MAX_SHARDS
+
+    path = tmp_path / "node.toml"
+    path.write_text('handlers = ["x"]\nshards = 100000000000000000000\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "shards"
+    assert caught.value.problem == (
+        f'Expected "auto" or an integer from 1 to {MAX_SHARDS}, got 100000000000000000000'
+    )
+    assert parse_config(f"shards = {MAX_SHARDS}").shard_count() == MAX_SHARDS
+
+
+def test_auto_shards_never_exceed_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    from aqnode.config import MAX_SHARDS
+
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 4 * MAX_SHARDS)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(4 * MAX_SHARDS)))
+    assert parse_config('shards = "auto"').shard_count() == MAX_SHARDS
+
+
+def test_an_entry_ttl_redis_cannot_take_is_refused() -> None:
+    err = config_error("[wal]\nentry_ttl_s = 9223372036854775807")
+    assert err.key == "wal.entry_ttl_s"
+    assert err.problem == "Expected `int` <= 315360000, got 9223372036854775807"
+    assert parse_config("[wal]\nentry_ttl_s = 315360000").wal.entry_ttl_s == 315360000
