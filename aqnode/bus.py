@@ -87,6 +87,29 @@ def _check_text(name: str, value: str) -> None:
         ) from None
 
 
+#: seconds; the longest ``timeout=`` a wait takes (the wire carries milliseconds as uint32)
+MAX_TIMEOUT_S = 30 * 24 * 3600
+
+
+def timeout_ms_of(timeout: float | None) -> int:
+    """A wait's ``timeout=`` (seconds) as the wire's milliseconds; 0 = the entity type's
+    ``reply_timeout_ms``. INVALID_PAYLOAD, before anything is sent, for anything but a
+    positive finite number up to MAX_TIMEOUT_S."""
+    if timeout is None:
+        return 0
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT_S  # also False for NaN
+    ):
+        raise errors.ValidationFailed(
+            f"timeout={timeout!r} is not a number of seconds in (0, {MAX_TIMEOUT_S}]; "
+            "leave it out for the entity type's reply_timeout_ms; nothing was sent",
+            field="timeout",
+        )
+    return max(1, int(timeout * 1000))
+
+
 def raw_envelope(
     entity_type: str,
     message: str,
@@ -127,7 +150,18 @@ def typed_decode(msg: Message, result: SendResult) -> Any:
     decoder = _reply_decoders.get(cls)
     if decoder is None:
         decoder = _reply_decoders[cls] = msgspec.msgpack.Decoder(reply_type_of(cls))
-    return decoder.decode(result.reply)
+    try:
+        return decoder.decode(result.reply)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        # The node checks replies against R, so this is a client whose R differs from
+        # the handler's (another version of the message's module): still a typed error.
+        raise errors.HandlerError(
+            f"the reply to message {result.message_id} does not decode as "
+            f"{getattr(reply_type_of(cls), '__qualname__', reply_type_of(cls))!s}: {exc}; "
+            "do the client and the node import the same version of the message's module?",
+            remote_type="aqnode.ReplyDecodeError",
+            remote_message=str(exc),
+        ) from None
 
 
 class Bus(ABC):

@@ -65,20 +65,21 @@ class MessageSpec:
         rt = self.reply_type
         return "None" if rt is None else getattr(rt, "__qualname__", None) or repr(rt)
 
-    def reply_accepts(self, reply: Any) -> bool:
-        """Whether ``reply`` decodes as the declared ``R`` (what the caller will do)."""
+    def reply_problem(self, reply: Any, encoded: bytes) -> str | None:
+        """Why ``reply`` (``encoded``, its msgpack) is not the declared ``R``, as the caller
+        will decode it, or None: a Struct is checked field by field, not only by class."""
         rt = self.reply_type
         if rt is Any:
-            return True
+            return None
         if rt is None or rt is type(None):
-            return reply is None
-        if isinstance(rt, type) and issubclass(rt, msgspec.Struct):
-            return isinstance(reply, rt)
+            return None if reply is None else "not None"
+        if isinstance(rt, type) and issubclass(rt, msgspec.Struct) and not isinstance(reply, rt):
+            return "not an instance of it"
         try:
-            _reply_decoder(rt).decode(msgspec.msgpack.encode(reply))
-        except Exception:  # unencodable or the wrong shape: either way not an R
-            return False
-        return True
+            _reply_decoder(rt).decode(encoded)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return f"it does not decode as one: {exc}"
+        return None
 
 
 @functools.cache

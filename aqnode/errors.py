@@ -32,6 +32,16 @@ INTERNAL = "INTERNAL"
 UNAVAILABLE = "UNAVAILABLE"
 
 
+def wire_text(text: str) -> str:
+    """``text`` as valid UTF-8 (a lone surrogate becomes its ``\\udXXX`` escape): what a
+    handler's exception says must travel, whatever it holds."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class AqnodeError(Exception):
     """The root of every exception aqnode raises on purpose."""
 

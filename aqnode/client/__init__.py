@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from aqnode import errors
 from aqnode.api import Message
-from aqnode.bus import Bus, EntityBus, Envelope, SendResult, envelope_of, typed_decode
+from aqnode.bus import (
+    Bus,
+    EntityBus,
+    Envelope,
+    SendResult,
+    envelope_of,
+    timeout_ms_of,
+    typed_decode,
+)
 from aqnode.client.blocking import NotSent, ThreadConnections
 from aqnode.client.connection import (
     MAX_CALL_BYTES,
@@ -353,7 +361,7 @@ class Client(Bus):
             assert self._fetch is not None
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._fetch)
-        timeout_ms = int(timeout * 1000) if timeout else 0
+        timeout_ms = timeout_ms_of(timeout)
         # Group by destination, in order; each group goes out in one post.
         groups: dict[str, list[int]] = {}
         keys: list[str] = []
@@ -509,6 +517,7 @@ class SyncClient:
             return None
         key, address, native_address, server_id = route
         check_size(env)
+        timeout_ms = timeout_ms_of(timeout)
         limit = (
             timeout + TIMEOUT_GRACE_S
             if timeout
@@ -516,9 +525,7 @@ class SyncClient:
         )
         conn = self._threads.get(native_address, server_id)
         try:
-            result = conn.call(
-                env, wait=wait, timeout_ms=int(timeout * 1000) if timeout else 0, limit=limit
-            )
+            result = conn.call(env, wait=wait, timeout_ms=timeout_ms, limit=limit)
         except NotSent:
             return None
         if client.learned(key, address, result):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import GenericAlias
 from typing import Any, Generic, TypeVar
 
@@ -29,6 +29,17 @@ from aqnode.wiretypes import MessageEntry
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 256 * 1024 * 1024  #: bytes; a larger length means a corrupt stream
 _LENGTH = struct.Struct(">I")
+_ARRAY_HEADER_MAX = 5  #: bytes of a msgpack array header (array 32)
+
+
+def _array_header(count: int) -> bytes:
+    """The msgpack header of an array of ``count`` items: a frame is one such array, its
+    items encoded one by one as they were sent."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
 
 
 class _Item(msgspec.Struct, tag=True, array_like=True, omit_defaults=False):
@@ -200,6 +211,11 @@ class ProtocolError(AqnodeError):
     """The peer sent something that is not a valid frame (never reaches a client)."""
 
 
+class FrameEncodeError(AqnodeError):
+    """An item that cannot travel (user-made text that is not UTF-8, an integer out of
+    msgpack's range): raised to its sender, and nothing of it is queued."""
+
+
 class TruncatedFrame(ProtocolError):
     """The peer closed in the middle of a frame (it died while writing): every earlier
     frame was whole, so the stream was still read to its end."""
@@ -230,13 +246,35 @@ class FrameChannel(Generic[In, Out]):
         self._decoder: msgspec.msgpack.Decoder[list[In]] = msgspec.msgpack.Decoder(
             GenericAlias(list, (incoming,))
         )
-        self._pending: list[Out] = []
+        self._pending: list[bytes] = []  #: this tick's items, encoded
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._confirming: list[asyncio.Future[None]] = []
 
+    def encode(self, item: Out) -> bytes:
+        """``item`` as it will travel; FrameEncodeError if it cannot (text that is not
+        UTF-8, an integer out of msgpack's range, ...). Encoding happens here, at the
+        sender's call, so a bad item fails its own sender and never the frame it would
+        have shared with other senders' items."""
+        try:
+            return self._encoder.encode(item)
+        except Exception as exc:  # msgspec raises TypeError, ValueError, OverflowError, ...
+            raise FrameEncodeError(
+                f"a {type(item).__name__} cannot be encoded: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def send(self, item: Out) -> None:
-        self._pending.append(item)
+        """Queue ``item`` for this tick's frame; FrameEncodeError (nothing queued) if it
+        cannot be encoded."""
+        self.send_encoded(self.encode(item))
+
+    def send_all(self, items: Sequence[Out]) -> None:
+        """Queue every item or none: FrameEncodeError if any cannot be encoded."""
+        for data in [self.encode(item) for item in items]:
+            self.send_encoded(data)
+
+    def send_encoded(self, data: bytes) -> None:
+        self._pending.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -246,10 +284,11 @@ class FrameChannel(Generic[In, Out]):
         lone item (one call at a time) goes out without waiting a loop turn; what follows
         in the same tick is queued behind it as usual. True when everything sent so far,
         ``item`` included, is in the kernel now: no :meth:`confirm` is needed for it."""
+        data = self.encode(item)
         if self._flush_scheduled or self._writer.is_closing():
-            self.send(item)
+            self.send_encoded(data)
             return False
-        self._write([item])
+        self._write([data])
         # What else is sent in this tick is queued, and goes out in one frame at its end.
         self._flush_scheduled = True
         self._loop.call_soon(self._flush)
@@ -272,17 +311,17 @@ class FrameChannel(Generic[In, Out]):
             else:
                 self._loop.create_task(self._confirm(waiting))
 
-    def _write(self, items: list[Out]) -> None:
-        buf = bytearray(_LENGTH.size)
-        self._encoder.encode_into(items, buf, _LENGTH.size)
-        if len(buf) - _LENGTH.size > self._max_frame and len(items) > 1:
-            # Many large items in one tick: several frames, never one the peer refuses.
+    def _write(self, items: list[bytes]) -> None:
+        """Encoded items as frames: one, unless together they exceed the largest frame
+        the peer reads (then as many as it takes; an item alone is never split)."""
+        size = sum(map(len, items))
+        if size + _ARRAY_HEADER_MAX > self._max_frame and len(items) > 1:
             half = len(items) // 2
             self._write(items[:half])
             self._write(items[half:])
             return
-        _LENGTH.pack_into(buf, 0, len(buf) - _LENGTH.size)
-        self._writer.write(buf)
+        head = _array_header(len(items))
+        self._writer.write(b"".join((_LENGTH.pack(len(head) + size), head, *items)))
 
     def confirm(self) -> asyncio.Future[None]:
         """A future done once everything sent so far is in the kernel (not in our buffer):

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 from aqnode import errors, ipc
-from aqnode.bus import Bus, Envelope, SendResult
+from aqnode.bus import Bus, Envelope, SendResult, timeout_ms_of
 
 
 class ShardBus:
@@ -27,27 +27,31 @@ class ShardBus:
                     f"the payload is {len(env.payload)} bytes, over max_payload_bytes = "
                     f"{self.max_payload_bytes}; nothing was sent"
                 )
+        timeout_ms = timeout_ms_of(timeout)
+        items = [
+            ipc.Submit(
+                next(self._ids),
+                env.entity_type,
+                env.message,
+                env.entity_id,
+                env.payload,
+                wait,
+                timeout_ms,
+                env.message_id,
+                caller,
+            )
+            for env in envelopes
+        ]
+        try:
+            self._channel.send_all(items)  # all or none: nothing is half-sent
+        except ipc.FrameEncodeError as exc:
+            raise errors.ValidationFailed(f"nothing was sent: {exc}") from None
         loop = asyncio.get_running_loop()
         futures = []
-        timeout_ms = int(timeout * 1000) if timeout else 0
-        for env in envelopes:
-            request_id = next(self._ids)
+        for item in items:
             future: asyncio.Future[SendResult] = loop.create_future()
-            self._waiting[request_id] = future
+            self._waiting[item.request_id] = future
             futures.append(future)
-            self._channel.send(
-                ipc.Submit(
-                    request_id,
-                    env.entity_type,
-                    env.message,
-                    env.entity_id,
-                    env.payload,
-                    wait,
-                    timeout_ms,
-                    env.message_id,
-                    caller,
-                )
-            )
         return list(await asyncio.gather(*futures))
 
     def resolve(self, item: ipc.SubmitResult) -> None:

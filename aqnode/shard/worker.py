@@ -148,8 +148,8 @@ class WorkerPool:
             except Exception as exc:  # a bug of ours: the message still gets its outcome
                 log.exception("worker %s: recording the outcome of %s failed", worker.key, item)
                 retried = False
-                outcome = _failed(item, exc, outcome.started_at, outcome.duration_s)
-                self._finish(worker, outcome)
+                if queue and queue[0] is item:  # not reported yet: report it, once
+                    self._finish(worker, _failed(item, exc, outcome.started_at, outcome.duration_s))
             if retried:
                 continue
 
@@ -172,7 +172,13 @@ class WorkerPool:
     def _finish(self, worker: EntityWorker, outcome: ipc.Outcome) -> None:
         self._pop(worker)
         self.handled += 1
-        self._send_now(outcome)
+        try:
+            self._send_now(outcome)
+        except ipc.FrameEncodeError as exc:
+            # What the handler made cannot travel (its error's text, say): the message
+            # still gets one outcome, built only of what the node itself made.
+            log.error("worker %s: the outcome of %s: %s", worker.key, outcome.message_id, exc)
+            self._send_now(_unencodable(outcome, exc))
 
     def set_lease(self, until: float) -> None:
         self.lease_until = until
@@ -269,17 +275,26 @@ class WorkerPool:
         return outcome
 
     def _encode_reply(self, spec: MessageSpec, reply: Any) -> bytes:
-        """The reply as msgpack, checked against the message's reply type and size."""
-        if not spec.reply_accepts(reply):
+        """The reply as msgpack, checked against the message's reply type and size: a
+        typed caller gets an ``R`` or HANDLER_ERROR, never a bare decode error."""
+        declared = f"{spec.name} declares the reply type {spec.reply_type_name}"
+        try:
+            encoded = self._encoder.encode(reply)
+        except Exception as exc:  # a set, a surrogate, an int over 64 bits, a cycle, ...
             raise ReplyTypeError(
-                f"{spec.handler.qualname} returned {type(reply).__qualname__}, but "
-                f"{spec.name} declares the reply type {spec.reply_type_name}"
-            )
-        encoded = self._encoder.encode(reply)
+                f"{spec.handler.qualname} returned a {type(reply).__qualname__} that cannot be "
+                f"encoded ({type(exc).__name__}: {exc}); {declared}"
+            ) from None
         if len(encoded) > self._max_reply_bytes:
             raise ReplyTooLarge(
                 f"{spec.handler.qualname} returned a reply of {len(encoded)} bytes, over "
                 f"max_reply_bytes = {self._max_reply_bytes}"
+            )
+        problem = spec.reply_problem(reply, encoded)
+        if problem is not None:
+            raise ReplyTypeError(
+                f"{spec.handler.qualname} returned {type(reply).__qualname__}, but {declared} "
+                f"({problem})"
             )
         return encoded
 
@@ -420,19 +435,40 @@ def _failed(item: ipc.Deliver, exc: BaseException, started_at: float, took: floa
     return ipc.Outcome(item.message_id, False, b"", handler_error(exc).to_dict(), started_at, took)
 
 
+def _unencodable(outcome: ipc.Outcome, exc: ipc.FrameEncodeError) -> ipc.Outcome:
+    error = errors.HandlerError(
+        f"the outcome of message {outcome.message_id} could not be sent ({exc}); the "
+        "handler ran once and its reply or error is lost",
+        remote_type="aqnode.UnencodableOutcome",
+        remote_message=str(exc),
+    )
+    return ipc.Outcome(
+        outcome.message_id, False, b"", error.to_dict(), outcome.started_at, outcome.duration_s
+    )
+
+
 def handler_error(exc: BaseException) -> errors.HandlerError:
     """Wrap whatever a handler raised (an AqError from a bus call too) as HANDLER_ERROR.
 
     Never raises: an exception whose ``__str__`` (or ``__repr__``, or traceback
     formatting) fails is still described, by what can be known of it."""
     cls = type(exc)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = errors.wire_text(
+        _safely(
+            lambda: (
+                cls.__qualname__
+                if cls.__module__ == "builtins"
+                else f"{cls.__module__}.{cls.__qualname__}"
+            ),
+            "<an exception whose class has no printable name>",
+        )
     )
-    text = _safely(lambda: str(exc), f"<{name}: its __str__ raised>")
-    trace = _safely(
-        lambda: "".join(traceback.format_exception(exc)),
-        f"{name}: {text}\n(the traceback could not be formatted)",
+    text = errors.wire_text(_safely(lambda: str(exc), f"<{name}: its __str__ raised>"))
+    trace = errors.wire_text(
+        _safely(
+            lambda: "".join(traceback.format_exception(exc)),
+            f"{name}: {text}\n(the traceback could not be formatted)",
+        )
     )
     return errors.HandlerError(
         f"the handler raised {name}: {text}",

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from aqnode import errors, ipc
-from aqnode.bus import Envelope, SendResult
+from aqnode.bus import MAX_TIMEOUT_S, Envelope, SendResult
 from aqnode.config import NodeConfig
 from aqnode.supervisor.ledger import Ledger
 from aqnode.supervisor.lifecycle import LOG_RETRY_S, ShardLifecycle
@@ -211,6 +211,12 @@ class NodeCore:
                 "send it to another node of the group"
             )
         env = call.envelope
+        if not 0 <= call.timeout_ms <= MAX_TIMEOUT_S * 1000:
+            raise errors.ValidationFailed(
+                f"timeout_ms = {call.timeout_ms} is not in [0, {MAX_TIMEOUT_S * 1000}] "
+                "(0: the entity type's reply_timeout_ms); nothing was written",
+                field="timeout_ms",
+            )
         self._check_sizes(env)
         spec, entity_id, payload = self.validator.validate(
             env.entity_type, env.message, env.entity_id, env.payload, env.content_type

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from aqnode import Command, Context, entity_type, handles
 
 RECORD_ENV = "AQ_HOSTILE_RECORD"
@@ -34,6 +36,9 @@ HOWS = (
     "huge_error",  # raises ValueError whose message is `size` bytes long
     "block",  # blocks the shard's event loop with time.sleep(seconds), then returns the pid
     "exit",  # blocks the loop for `seconds`, then os._exit(code)
+    "surrogate_error",  # raises ValueError whose text holds a lone surrogate (not UTF-8)
+    "bus_huge_timeout",  # ctx.bus.enqueue_and_wait(..., timeout=1e30): refused, raised
+    "bus_surrogate_id",  # ctx.bus.enqueue_raw to an entity id that is not UTF-8
 )
 
 
@@ -71,6 +76,23 @@ class Act(Command[int]):
     seconds: float = 0.0
     code: int = 1
     size: int = 0
+
+
+class Point(msgspec.Struct, forbid_unknown_fields=True):
+    x: int
+
+
+class PointPlus(Point):
+    extra: int = 0
+
+
+@entity_type("hostile", id_field="key")
+class Shaped(Command[Point]):
+    """Returns a Point that is not one: ``bad_field`` (x is a str), ``subclass`` (a
+    subclass with a field Point forbids), else a good one."""
+
+    key: str
+    how: str = "ok"
 
 
 @entity_type("hostile", id_field="key")
@@ -149,8 +171,24 @@ async def act(msg: Act, ctx: Context) -> Any:
     if msg.how == "exit":
         time.sleep(msg.seconds)  # nothing else starts on this shard meanwhile
         os._exit(msg.code)
+    if msg.how == "surrogate_error":
+        raise ValueError("bad \ud800 text")
+    if msg.how == "bus_huge_timeout":
+        await ctx.bus.enqueue_and_wait(Act(key=f"{msg.key}-peer"), timeout=1e30)
+    if msg.how == "bus_surrogate_id":
+        await ctx.bus.enqueue_raw("hostile", "Act", "peer-\ud800", {"key": "peer"})
     _misbehave(msg.how, msg.code, msg.size)
     return os.getpid()
+
+
+@handles(Shaped)
+async def shaped(msg: Shaped, ctx: Context) -> Point:
+    record(ctx.message_id, f"shaped_{msg.how}")
+    if msg.how == "bad_field":
+        return Point(x="not an int")  # type: ignore[arg-type]  # msgspec does not check here
+    if msg.how == "subclass":
+        return PointPlus(x=1, extra=2)
+    return Point(x=os.getpid())
 
 
 @handles(Big)

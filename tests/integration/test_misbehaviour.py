@@ -35,7 +35,7 @@ from aqnode.errors import AqError
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
 from aqnode.wal.dlq import DeadLetterQueue
-from tests.handlers.hostile import RECORD_ENV, Act, Big, SyncAct, runs
+from tests.handlers.hostile import RECORD_ENV, Act, Big, Shaped, SyncAct, runs
 from tests.node_fixture import NODE_ID, Node, running_node
 from tests.redis_fixture import async_wait_for, wait_for
 
@@ -121,7 +121,7 @@ def hostile_node(
 # ---- a raw Session stream that counts outcomes ---------------------------------------
 
 
-def envelope(msg: Act | Big | SyncAct, message_id: str) -> pb.Envelope:
+def envelope(msg: Act | Big | Shaped | SyncAct, message_id: str) -> pb.Envelope:
     return pb.Envelope(
         entity_type="hostile",
         message=type(msg).__name__,
@@ -249,7 +249,7 @@ async def probe(session: RawSession, case: str) -> Layout:
     return Layout(key, same[0], other[0][0], pid, other[0][1])
 
 
-def keyed(msg: Act | Big | SyncAct, key: str) -> Act | Big | SyncAct:
+def keyed(msg: Act | Big | Shaped | SyncAct, key: str) -> Act | Big | Shaped | SyncAct:
     return msgspec.structs.replace(msg, key=key)
 
 
@@ -288,6 +288,19 @@ SURVIVED = [
         "KeyboardInterrupt",
     ),
     ("huge-reply", Big(key="", size=20 * 1024 * 1024), {"HANDLER_ERROR"}, ""),
+    # Text that is not UTF-8 in what the handler raised: its outcome must still travel
+    ("surrogate-error", Act(key="", how="surrogate_error"), {"HANDLER_ERROR"}, "ValueError"),
+    # A ctx.bus call whose frame cannot be encoded fails in the handler, not the shard
+    (
+        "bus-huge-timeout",
+        Act(key="", how="bus_huge_timeout"),
+        {"HANDLER_ERROR"},
+        "ValidationFailed",
+    ),
+    ("bus-surrogate-id", Act(key="", how="bus_surrogate_id"), {"HANDLER_ERROR"}, "Validation"),
+    # A Struct reply of the right class but the wrong shape is not an R
+    ("struct-bad-field", Shaped(key="", how="bad_field"), {"HANDLER_ERROR"}, "ReplyTypeError"),
+    ("struct-subclass", Shaped(key="", how="subclass"), {"HANDLER_ERROR"}, "ReplyTypeError"),
 ]
 
 
@@ -299,7 +312,7 @@ def test_a_misbehaving_handler_fails_only_its_own_message(
     redis_url: str,
     redis_client: redis.Redis,
     case: str,
-    bad: Act | Big | SyncAct,
+    bad: Act | Big | Shaped | SyncAct,
     accepted: set[str],
     remote_type: str,
 ) -> None:

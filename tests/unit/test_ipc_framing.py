@@ -656,3 +656,60 @@ def test_serve_pauses_reading_while_answers_back_up(run: Run[Any]) -> None:
 
     handled = run(main)
     assert 0 < handled < 2000
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ipc.Outcome("m-bad", False, error={"message": "lone \ud800 surrogate"}),
+        ipc.Submit(1, "t", "M", "e", b"", True, 10**30),
+        ipc.Outcome("m-bad", False, error={"message": object()}),
+    ],
+    ids=["surrogate", "int-over-64-bits", "unencodable-object"],
+)
+def test_an_item_that_cannot_be_encoded_fails_its_sender_and_spares_the_frame(
+    run: Run[Any], bad: Any
+) -> None:
+    """Items are encoded when sent: a bad one raises to its own sender, queues nothing,
+    and the items of other senders in the same tick still go out in their frame."""
+    before = [ipc.Stop(1), ipc.Stop(2)]
+    after = [ipc.Stop(3)]
+
+    async def main() -> tuple[list[Any], BaseException | None]:
+        s = await Streams.open()
+        for item in before:
+            s.channel.send(item)
+        raised: BaseException | None = None
+        try:
+            s.channel.send(bad)
+        except ipc.FrameEncodeError as exc:
+            raised = exc
+        with pytest.raises(ipc.FrameEncodeError):
+            s.channel.send_all([ipc.Stop(9), bad])  # all or none: Stop(9) never goes
+        for item in after:
+            s.channel.send(item)
+        frame = await s.peer_frame()
+        s.channel.close()
+        await s.close()
+        return frame, raised
+
+    frame, raised = run(main)
+    assert isinstance(raised, ipc.FrameEncodeError), raised
+    assert type(bad).__name__ in str(raised)
+    assert frame == before + after
+
+
+def test_a_frame_of_many_encoded_items_decodes_as_one_array(run: Run[Any]) -> None:
+    """The array header the channel writes itself, for 15, 16 and 65,536 items."""
+    for count in (15, 16, 65_536):
+        items = [ipc.Stop(i) for i in range(count)]
+
+        async def main(items: list[Any] = items) -> list[Any]:
+            s = await Streams.open()
+            s.channel.send_all(items)
+            frame = await s.peer_frame()
+            s.channel.close()
+            await s.close()
+            return frame
+
+        assert run(main) == items, count
