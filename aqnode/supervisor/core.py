@@ -10,9 +10,7 @@ restarted shard's queue and answer waiters.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +34,7 @@ from aqnode.supervisor.live import (
     failure,
     reply_in_callers_type,
 )
+from aqnode.supervisor.message_ids import MessageIds
 from aqnode.supervisor.metrics import NodeMetrics
 from aqnode.supervisor.placement import STANDALONE, Placement
 from aqnode.supervisor.registry import RegistryPublisher
@@ -80,8 +79,7 @@ class NodeCore:
         #: cluster mode: the node's membership lease lapsed (self-fencing): no new work,
         #: no handler starts, until it is renewed
         self.lapsed = False
-        self._ids = itertools.count(1)
-        self._id_prefix = secrets.token_hex(5)
+        self._ids = MessageIds()
         self._entity_limits = {
             name: cfg.worker_max_queue_depth for name, cfg in config.entities.items()
         }
@@ -233,7 +231,7 @@ class NodeCore:
                 f"a handler of {key} waited on its own entity, which would wait for ever; "
                 "use enqueue instead of enqueue_and_wait"
             )
-        message_id = env.message_id or f"{self._id_prefix}-{next(self._ids):x}"
+        message_id = env.message_id or self._ids.next()
         known = self.ledger.live.get(message_id)
         if known is not None:  # an idempotency key already live here: attach, write nothing
             self._answer_when_done(known, call)
