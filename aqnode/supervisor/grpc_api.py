@@ -3,6 +3,10 @@
 ``Session`` is the fast path: a long-lived bidi stream whose frames carry batches of
 calls; outcomes travel back batched too, each tagged with its ``call_id``. The unary
 methods are for other languages and ad-hoc tools. Errors cross as the SPEC's codes.
+
+A ``Session`` whose client does not read its answers is not read from either once they
+back up (as the native protocol's connections), and a client that goes away is a normal
+end of the call, not an error.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -23,6 +28,8 @@ from aqnode.supervisor.core import Call, NodeCore
 from aqnode.util.batching import take_frame
 from aqnode.v1 import aqnode_pb2 as pb
 from aqnode.v1 import aqnode_pb2_grpc as pb_grpc
+
+log = logging.getLogger("aqnode.supervisor")
 
 #: gRPC status per SPEC error code, for unary calls (the code itself is in the metadata).
 STATUS_FOR_CODE: dict[str, grpc.StatusCode] = {
@@ -44,6 +51,11 @@ STATUS_FOR_CODE: dict[str, grpc.StatusCode] = {
     errors.PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 FRAME_REPLY_BYTES = 4 * 1024 * 1024  #: bytes of replies gathered into one ServerFrame
+#: bytes of a Session's answers waiting to be written (or being written) above which the
+#: node takes no further ClientFrame from that stream until the client has read them
+SESSION_HIGH_WATER_BYTES = 8 * 1024 * 1024
+#: the same bound in answers: an Outcome object weighs more in memory than its encoding
+SESSION_HIGH_WATER_COUNT = 20_000
 ERROR_METADATA = "aq-error-bin"  #: trailing metadata: the whole error as JSON
 CODE_METADATA = "aq-code"  #: trailing metadata: the SPEC code alone
 
@@ -179,76 +191,157 @@ class AqNodeService(pb_grpc.AqNodeServicer):
             data = encode_snapshot(snapshot)
         return pb.RegistryReply(registry=data, content_type=content_type)
 
-    async def Session(
-        self, request_iterator: AsyncIterator[pb.ClientFrame], context: Any
-    ) -> AsyncIterator[pb.ServerFrame]:
+    async def Session(self, request_iterator: AsyncIterator[pb.ClientFrame], context: Any) -> None:
+        """The bidi stream, with the reader-writer API (a coroutine, not a generator): a
+        write that fails because the client went away is caught here, and ends the call
+        quietly instead of as an ERROR logged by grpc."""
         refusal = unauthenticated(context, self._token)
         if refusal is not None:
             # Every call is answered UNAUTHENTICATED on the open stream. Ending the stream
             # at once raced with the client's writes: it then saw a transport error
             # (INTERNAL, "UNAVAILABLE" to it) instead of the reason, about 3 % of the time.
+            # One frame is read per frame written: a client that does not read is not read.
             error = refusal.to_dict()
             async for frame in request_iterator:
-                yield pb.ServerFrame(
-                    outcomes=[
-                        outcome_to_pb(
-                            c.call_id, SendResult(c.envelope.message_id, False, error=error)
-                        )
-                        for c in frame.calls
-                    ]
+                await _write(
+                    context,
+                    pb.ServerFrame(
+                        outcomes=[
+                            outcome_to_pb(
+                                c.call_id, SendResult(c.envelope.message_id, False, error=error)
+                            )
+                            for c in frame.calls
+                        ]
+                    ),
                 )
             return
-        outbox: list[pb.Outcome] = []
-        ready = asyncio.Event()
-        state: dict[str, Any] = {"outstanding": 0, "closed": False, "error": None}
+        await _Session(self._core, request_iterator, context).run()
 
-        def reply_for(call_id: int) -> Callable[[SendResult], None]:
-            def reply(result: SendResult) -> None:
-                outbox.append(outcome_to_pb(call_id, result))
-                state["outstanding"] -= 1
-                ready.set()
 
-            return reply
+class _Session:
+    """One authenticated ``Session`` stream: a reader that submits each ClientFrame's
+    calls, and the writer (the handler's own task) that sends their outcomes back.
 
-        async def read() -> None:
-            try:
-                async for frame in request_iterator:
-                    calls = [
-                        Call(
-                            envelope_from_pb(c.envelope),
-                            c.wait,
-                            c.timeout_ms,
-                            reply_for(c.call_id),
-                            epoch=c.epoch,
-                            hops=c.hops,
-                            adopted=c.assigned,
-                            adopted_last=c.assigned_last,
-                            fencing_token=c.fencing_token,
-                        )
-                        for c in frame.calls
-                    ]
-                    state["outstanding"] += len(calls)
-                    self._core.submit(calls)
-            except Exception as exc:  # an undecodable frame, or a bug: end the stream, say why
-                state["error"] = exc
-            finally:
-                state["closed"] = True
-                ready.set()
+    Backpressure, as :meth:`FrameChannel.serve` does for the native protocol: while more
+    than :data:`SESSION_HIGH_WATER_BYTES` (or :data:`SESSION_HIGH_WATER_COUNT` outcomes)
+    of answers wait to be written, or are being written, the reader takes no further
+    frame; gRPC's flow control then stops the client's sends. Every call already
+    submitted is still answered, in the order its answer came, once the client reads."""
 
-        reader = asyncio.get_running_loop().create_task(read())
+    def __init__(
+        self,
+        core: NodeCore,
+        request_iterator: AsyncIterator[pb.ClientFrame],
+        context: Any,
+    ) -> None:
+        self._core = core
+        self._requests = request_iterator
+        self._context = context
+        self._outbox: list[tuple[pb.Outcome, int]] = []  #: answers, with their sizes
+        self._ready = asyncio.Event()  #: an answer came, or reading ended
+        self._room = asyncio.Event()  #: the answers pending are back under the bounds
+        self._room.set()
+        self._pending_bytes = 0  #: of the answers in the outbox or being written
+        self._pending_count = 0
+        self._outstanding = 0  #: calls submitted and not answered yet
+        self._closed = False  #: the client's half of the stream has ended
+        self._error: BaseException | None = None
+
+    def _full(self) -> bool:
+        return (
+            self._pending_bytes > SESSION_HIGH_WATER_BYTES
+            or self._pending_count > SESSION_HIGH_WATER_COUNT
+        )
+
+    def _reply_for(self, call_id: int) -> Callable[[SendResult], None]:
+        def reply(result: SendResult) -> None:
+            outcome = outcome_to_pb(call_id, result)
+            size = _reply_size(outcome)
+            self._outbox.append((outcome, size))
+            self._pending_bytes += size
+            self._pending_count += 1
+            self._outstanding -= 1
+            self._ready.set()
+
+        return reply
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self._requests:
+                calls = [
+                    Call(
+                        envelope_from_pb(c.envelope),
+                        c.wait,
+                        c.timeout_ms,
+                        self._reply_for(c.call_id),
+                        epoch=c.epoch,
+                        hops=c.hops,
+                        adopted=c.assigned,
+                        adopted_last=c.assigned_last,
+                        fencing_token=c.fencing_token,
+                    )
+                    for c in frame.calls
+                ]
+                self._outstanding += len(calls)
+                self._core.submit(calls)
+                # The next frame waits until the client has taken enough of the answers.
+                while self._full():
+                    self._room.clear()
+                    await self._room.wait()
+        except Exception as exc:  # an undecodable frame, or a bug: end the stream, say why
+            self._error = exc
+        finally:
+            self._closed = True
+            self._ready.set()
+
+    async def run(self) -> None:
+        reader = asyncio.get_running_loop().create_task(self._read())
         try:
             while True:
-                await ready.wait()
-                ready.clear()
-                while outbox:
-                    batch: list[pb.Outcome] = take_frame(outbox, _reply_size, FRAME_REPLY_BYTES)
-                    yield pb.ServerFrame(outcomes=batch)
-                if state.get("error") is not None:
-                    await abort(context, _stream_error(state["error"]))
-                if state["closed"] and state["outstanding"] <= 0 and not outbox:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._outbox:
+                    batch = take_frame(self._outbox, _sized_size, FRAME_REPLY_BYTES)
+                    await _write(
+                        self._context, pb.ServerFrame(outcomes=[outcome for outcome, _ in batch])
+                    )
+                    self._pending_bytes -= sum(size for _, size in batch)
+                    self._pending_count -= len(batch)
+                    if not self._full():
+                        self._room.set()
+                if self._error is not None:
+                    try:
+                        await abort(self._context, _stream_error(self._error))
+                    except grpc.aio.InternalError as exc:
+                        _client_gone(exc, self._pending_count)
+                if self._closed and self._outstanding <= 0 and not self._outbox:
                     return
         finally:
             reader.cancel()
+
+
+async def _write(context: Any, frame: pb.ServerFrame) -> None:
+    """Write one ServerFrame; it waits while gRPC's flow control holds it (a client that
+    does not read). A write that fails means the client went away (it cancelled, or its
+    connection ended): the call ends as cancelled, which grpc logs at DEBUG only."""
+    try:
+        await context.write(frame)
+    except grpc.aio.InternalError as exc:  # ExecuteBatchError: the stream is gone
+        _client_gone(exc, len(frame.outcomes))
+
+
+def _client_gone(exc: BaseException, unsent: int) -> NoReturn:
+    log.debug(
+        "a Session's client went away with %d answers unsent (%s: %s)",
+        unsent,
+        type(exc).__name__,
+        exc,
+    )
+    raise asyncio.CancelledError from None
+
+
+def _sized_size(item: tuple[pb.Outcome, int]) -> int:
+    return item[1]
 
 
 async def authenticate(context: grpc.aio.ServicerContext[Any, Any], token: str | None) -> None:
