@@ -216,6 +216,19 @@ class FrameEncodeError(AqnodeError):
     msgpack's range): raised to its sender, and nothing of it is queued."""
 
 
+class FrameBudgetExceeded(ProtocolError):
+    """Unfinished frames on the connections sharing a FrameBudget hold more than it."""
+
+
+class FrameBudget:
+    """Bytes of unfinished frames that several connections may hold together: the
+    node's defence against many peers each starting a large frame."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
 class TruncatedFrame(ProtocolError):
     """The peer closed in the middle of a frame (it died while writing): every earlier
     frame was whole, so the stream was still read to its end."""
@@ -358,8 +371,9 @@ class FrameChannel(Generic[In, Out]):
         self._flush()
         await self._writer.drain()
 
-    async def receive(self) -> list[In] | None:
-        """The next frame's items; ``None`` on a clean close between frames."""
+    async def receive(self, max_frame: int | None = None) -> list[In] | None:
+        """The next frame's items; ``None`` on a clean close between frames.
+        ``max_frame``: a smaller limit than the channel's for this frame (a greeting)."""
         try:
             header = await self._reader.readexactly(_LENGTH.size)
         except asyncio.IncompleteReadError as exc:
@@ -369,8 +383,9 @@ class FrameChannel(Generic[In, Out]):
         except ConnectionError:  # reset: the peer died with our data unread
             return None
         (length,) = _LENGTH.unpack(header)
-        if length > self._max_frame:
-            raise ProtocolError(f"frame of {length} bytes exceeds {self._max_frame}")
+        limit = self._max_frame if max_frame is None else min(max_frame, self._max_frame)
+        if length > limit:
+            raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
         try:
             body = await self._reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -378,7 +393,12 @@ class FrameChannel(Generic[In, Out]):
         return self.decode(body)
 
     async def serve(
-        self, on_items: Callable[[list[In]], None], *, pause_above: int | None = None
+        self,
+        on_items: Callable[[list[In]], None],
+        *,
+        pause_above: int | None = None,
+        budget: FrameBudget | None = None,
+        frame_timeout_s: float | None = None,
     ) -> None:
         """Call ``on_items`` with each frame's items, straight from the socket's
         ``data_received`` (no task to wake per frame), until the peer closes: returns on a
@@ -386,11 +406,17 @@ class FrameChannel(Generic[In, Out]):
         ``on_items`` raised (reading stops; the caller closes the channel, after any last
         words: every caller closes it once this returns). ``receive`` may not be used once
         this runs. ``pause_above``: stop reading while more than that many bytes of ours
-        wait to be written (a peer that does not read its answers)."""
+        wait to be written (a peer that does not read its answers). ``budget``: the bytes
+        of unfinished frames that all connections sharing it may hold (past it, this one
+        ends with FrameBudgetExceeded); ``frame_timeout_s``: how long a frame may take to
+        arrive once it has begun (past it, ProtocolError): an untrusted peer that starts
+        large frames and never finishes them holds neither memory nor a slot for ever."""
         reader: Any = self._reader  # its buffer is private to asyncio: read as it stands
         transport: Any = self._writer.transport
         done: asyncio.Future[None] = self._loop.create_future()
-        protocol = _FrameProtocol(self, transport, on_items, done, pause_above)
+        protocol = _FrameProtocol(
+            self, transport, on_items, done, pause_above, budget, frame_timeout_s
+        )
         # Bytes the StreamReader already holds (they came with the handshake) go first.
         buffered = bytes(reader._buffer)
         reader._buffer.clear()
@@ -433,7 +459,13 @@ class _FrameProtocol(asyncio.Protocol, Generic[In]):
         on_items: Callable[[list[In]], None],
         done: asyncio.Future[None],
         pause_above: int | None,
+        budget: FrameBudget | None = None,
+        frame_timeout_s: float | None = None,
     ) -> None:
+        self._budget = budget
+        self._charged = 0  #: bytes of an unfinished frame counted against the budget
+        self._frame_timeout_s = frame_timeout_s
+        self._frame_timer: asyncio.TimerHandle | None = None
         self._channel = channel
         self._transport = transport
         self._stream_protocol: Any = transport.get_protocol()
@@ -449,6 +481,7 @@ class _FrameProtocol(asyncio.Protocol, Generic[In]):
     def _end(self, exc: BaseException | None) -> None:
         if self._done.done():
             return
+        self._hold(0)
         if exc is None:
             self._done.set_result(None)
         else:
@@ -483,6 +516,35 @@ class _FrameProtocol(asyncio.Protocol, Generic[In]):
         finally:
             if not self._done.done():
                 del buf[:pos]
+                if self._budget is not None or self._frame_timeout_s is not None:
+                    self._hold(len(buf), progress=pos > 0)
+
+    def _hold(self, unfinished: int, progress: bool = False) -> None:
+        """Account for the ``unfinished`` bytes of a frame still arriving: against the
+        budget, and on a timer that restarts each time a frame is complete."""
+        budget = self._budget
+        if budget is not None and unfinished != self._charged:
+            budget.held += unfinished - self._charged
+            self._charged = unfinished
+            if unfinished and budget.held > budget.limit:
+                self._end(
+                    FrameBudgetExceeded(
+                        f"unfinished frames on all connections hold over {budget.limit} bytes"
+                    )
+                )
+                return
+        timer = self._frame_timer
+        if timer is not None and (progress or not unfinished):
+            timer.cancel()
+            timer = self._frame_timer = None
+        if unfinished and timer is None and self._frame_timeout_s is not None:
+            self._frame_timer = self._channel._loop.call_later(
+                self._frame_timeout_s, self._frame_too_slow
+            )
+
+    def _frame_too_slow(self) -> None:
+        self._frame_timer = None
+        self._end(ProtocolError(f"a frame was not finished within {self._frame_timeout_s:g} s"))
 
     def eof_received(self) -> bool:
         if self._buf:
@@ -495,6 +557,7 @@ class _FrameProtocol(asyncio.Protocol, Generic[In]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A reset (the peer died with our data unread) ends reading like a close.
+        self._hold(0)
         if self._buf:
             self._end(TruncatedFrame("the peer closed in the middle of a frame"))
         else:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aqnode import errors
 from aqnode.bus import SendResult
-from aqnode.ipc import FrameChannel, ProtocolError
+from aqnode.ipc import FrameBudget, FrameBudgetExceeded, FrameChannel, ProtocolError
 from aqnode.native import (
     HELLO_TIMEOUT_S,
     PROTOCOL,
@@ -49,6 +49,10 @@ log = logging.getLogger("aqnode.supervisor")
 #: bytes of replies waiting in a connection's socket buffer before the node stops reading
 #: that connection's calls until the client has taken them
 WRITE_HIGH_WATER = 8 * 1024 * 1024
+HELLO_FRAME_BYTES = 64 * 1024  #: the largest first frame: before Hello, nobody is trusted
+FRAME_TIMEOUT_S = 60.0  #: seconds a frame may take to arrive once begun
+#: unfinished frames all connections may hold together, in frames of the largest size
+FRAME_BUDGET_FRAMES = 4
 
 Channel = FrameChannel[ToNode, ToClient]
 
@@ -67,6 +71,7 @@ class NativeServer:
         self._server_id = server_id
         self._token = auth_token
         self._max_frame = max_frame
+        self._budget = FrameBudget(max(FRAME_BUDGET_FRAMES * max_frame, 256 * 1024 * 1024))
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._asks: set[asyncio.Task[None]] = set()  #: registry reads under way
@@ -118,7 +123,7 @@ class NativeServer:
 
     async def _serve(self, channel: Channel, writer: asyncio.StreamWriter) -> None:
         try:
-            first = await asyncio.wait_for(channel.receive(), HELLO_TIMEOUT_S)
+            first = await asyncio.wait_for(channel.receive(HELLO_FRAME_BYTES), HELLO_TIMEOUT_S)
         except TimeoutError:
             return self._goodbye(channel, errors.Unavailable("no Hello in time: closing"))
         except ProtocolError as exc:
@@ -154,7 +159,18 @@ class NativeServer:
             # Frames are taken as they arrive, in data_received; reading pauses while
             # its answers back up (a client that does not read them).
             await channel.serve(
-                lambda items: self._take(channel, items), pause_above=WRITE_HIGH_WATER
+                lambda items: self._take(channel, items),
+                pause_above=WRITE_HIGH_WATER,
+                budget=self._budget,
+                frame_timeout_s=FRAME_TIMEOUT_S,
+            )
+        except FrameBudgetExceeded as exc:
+            return self._goodbye(
+                channel,
+                errors.Unavailable(
+                    f"the node is short of memory for unfinished frames ({exc}): this "
+                    "connection is closed; resend its calls under the same message_id"
+                ),
             )
         except ProtocolError as exc:
             return self._goodbye(channel, _bad_frame(exc))

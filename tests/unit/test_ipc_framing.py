@@ -713,3 +713,116 @@ def test_a_frame_of_many_encoded_items_decodes_as_one_array(run: Run[Any]) -> No
             return frame
 
         assert run(main) == items, count
+
+
+# ---- serve(): limits on unfinished frames (an untrusted peer) -------------------------
+
+
+def test_a_frame_that_is_not_finished_in_time_ends_the_connection(run: Run[Any]) -> None:
+    """Whole frames keep the connection; a begun frame that stalls ends it, and what it
+    held is given back to the budget."""
+    budget = ipc.FrameBudget(1 << 20)
+
+    async def main() -> tuple[list[list[Any]], BaseException | None, int]:
+        s = await Streams.open()
+        frames: list[list[Any]] = []
+        serving = asyncio.ensure_future(
+            s.channel.serve(frames.append, budget=budget, frame_timeout_s=0.3)
+        )
+        s.peer_writer.write(_wire(SERVE_FRAMES[0]))
+        s.peer_writer.write(_HEADER.pack(1000) + b"\x91")  # begun, never finished
+        await s.peer_writer.drain()
+        while budget.held == 0 and not serving.done():
+            await asyncio.sleep(0.01)
+        held = budget.held
+        try:
+            await asyncio.wait_for(serving, 10)
+            error: BaseException | None = None
+        except BaseException as exc:
+            error = exc
+        await s.close()
+        return frames, error, held
+
+    frames, error, held = run(main)
+    assert frames == [SERVE_FRAMES[0]]
+    assert held == _HEADER.size + 1
+    assert isinstance(error, ProtocolError) and "not finished within" in str(error), error
+    assert budget.held == 0
+
+
+def test_frames_that_keep_completing_are_never_timed_out(run: Run[Any]) -> None:
+    """The timer bounds one frame, not a connection: a peer whose frames each end in the
+    next write is read on, however long the whole stream takes."""
+    wire = _wire(*[SERVE_FRAMES[1]] * 12)
+    step = 1500  # each write ends inside a frame of ~3 kB
+
+    async def main() -> tuple[int, BaseException | None]:
+        s = await Streams.open()
+        frames: list[list[Any]] = []
+        serving = asyncio.ensure_future(s.channel.serve(frames.append, frame_timeout_s=0.5))
+        for start in range(0, len(wire), step):
+            s.peer_writer.write(wire[start : start + step])
+            await s.peer_writer.drain()
+            await asyncio.sleep(0.04)  # 12 frames over ~1 s: the stream outlasts the timer
+        s.peer_writer.write_eof()
+        try:
+            await serving
+            error: BaseException | None = None
+        except BaseException as exc:
+            error = exc
+        await s.close()
+        return len(frames), error
+
+    count, error = run(main)
+    assert error is None
+    assert count == 12
+
+
+def test_unfinished_frames_past_the_shared_budget_end_the_connection_over_it(
+    run: Run[Any],
+) -> None:
+    budget = ipc.FrameBudget(10_000)
+
+    async def main() -> tuple[BaseException | None, BaseException | None, int]:
+        first, second = await Streams.open(), await Streams.open()
+        serving = [
+            asyncio.ensure_future(s.channel.serve(lambda _items: None, budget=budget))
+            for s in (first, second)
+        ]
+        first.peer_writer.write(_HEADER.pack(50_000) + b"\x00" * 6_000)
+        await first.peer_writer.drain()
+        while budget.held < 6_000:
+            await asyncio.sleep(0.01)
+        second.peer_writer.write(_HEADER.pack(50_000) + b"\x00" * 6_000)
+        await second.peer_writer.drain()
+        errors: list[BaseException | None] = []
+        done, _ = await asyncio.wait(serving, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        for task in serving:
+            errors.append(task.exception() if task in done else None)
+        still_held = budget.held
+        for s in (first, second):
+            await s.close()
+        await asyncio.gather(*serving, return_exceptions=True)
+        return errors[0], errors[1], still_held
+
+    first_error, second_error, held = run(main)
+    assert first_error is None  # the connection within the budget reads on
+    assert isinstance(second_error, ipc.FrameBudgetExceeded), second_error
+    assert held <= 6_000 + _HEADER.size
+
+
+def test_a_greeting_frame_over_its_own_limit_is_refused_before_its_body(run: Run[Any]) -> None:
+    async def main() -> BaseException | None:
+        s = await Streams.open()
+        s.peer_writer.write(_HEADER.pack(1_000_000))
+        await s.peer_writer.drain()
+        try:
+            await asyncio.wait_for(s.channel.receive(max_frame=65_536), 10)
+            error: BaseException | None = None
+        except BaseException as exc:
+            error = exc
+        await s.close()
+        return error
+
+    error = run(main)
+    assert isinstance(error, ProtocolError) and "65536" in str(error), error
