@@ -89,6 +89,48 @@ def target(
     return Target(address or cfg.listen, token or cfg.auth_token, tls)
 
 
+#: seconds; the longest --timeout: the wire carries a wait's timeout as a uint32 of
+#: milliseconds (about 49 days), and a `_ms` config key goes up to 30 days too
+MAX_WAIT_S = 30 * 24 * 3600
+MIN_WAIT_S = 0.001  #: seconds; the wire counts milliseconds (0 would mean "the default")
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float, Any]
+else:  # click < 8.2's ParamType is not generic
+    _ParamType = click.ParamType
+
+
+class Seconds(_ParamType):
+    """A number of seconds in [``minimum``, ``maximum``]: finite, never NaN or negative;
+    anything else is a usage error (exit 2) before anything is sent."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float = MIN_WAIT_S, maximum: float = MAX_WAIT_S) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not self.minimum <= number <= self.maximum:  # also False for NaN
+            self.fail(
+                f"{value!r} is not a number of seconds from {self.minimum:.15g} to "
+                f"{self.maximum:.15g}",
+                param,
+                ctx,
+            )
+        return number
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run one client call; an aqnode error becomes ``aqnode: CODE: message`` and exit 1."""
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -44,9 +45,12 @@ def _seconds(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if not math.isfinite(seconds):
+        raise click.BadParameter(f"{value!r} is too long a duration")
+    return seconds
 
 
 redis_url_option = click.option(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from aqnode.cli.common import (
+    Seconds,
     address_option,
     auth_token_option,
     config_option,
@@ -69,9 +70,10 @@ def serve(config: str | None) -> None:
 @click.option(
     "--timeout",
     metavar="SECONDS",
-    type=float,
+    type=Seconds(),
     default=None,
-    help="With --wait: how long to wait.  [default: the entity type's reply_timeout_ms]",
+    help="With --wait: how long to wait, 0.001 to 2592000 (30 days).  [default: the "
+    "entity type's reply_timeout_ms]",
 )
 @click.option(
     "--message-id",
