@@ -1,7 +1,9 @@
 """``aqnode dlq``: list, show, replay and purge dead letters (SPEC section 7).
 
 These commands read the node's Redis directly: ``--redis-url``, else the config's
-``[redis] url``, else the node's managed redis-server under ``data_dir``. That one runs
+``[redis] url``, else the node's managed redis-server under ``data_dir``. With
+``--redis-url`` no config file is needed (the key prefix is ``--key-prefix``, else the
+config's if there is one, else ``aq``). That one runs
 only while the node runs, so when it is stopped a command starts it for its own duration
 and stops it after. The managed Redis's lock on ``data_dir`` keeps a command from starting
 a second redis-server next to a running node, and a node from starting meanwhile.
@@ -31,6 +33,7 @@ from aqnode.cli.common import (
     target,
     tls_options,
 )
+from aqnode.cli.introspect import DEFAULT_KEY_PREFIX, key_prefix_option
 from aqnode.util.redis_url import redacted
 
 if TYPE_CHECKING:
@@ -88,12 +91,17 @@ def dlq() -> None:
 )
 @config_option
 @redis_url_option
+@key_prefix_option
 def dlq_list(
-    entity_type: str | None, as_json: bool, config: str | None, redis_url: str | None
+    entity_type: str | None,
+    as_json: bool,
+    config: str | None,
+    redis_url: str | None,
+    key_prefix: str | None,
 ) -> None:
     """List the dead letters of every node on this Redis, oldest first: id, entity,
     message, reason, attempts and when."""
-    letters = _queue(config, redis_url).entries(entity_type)
+    letters = _queue(config, redis_url, key_prefix).entries(entity_type)
     if as_json:
         click.echo(json.dumps([d.public() for d in letters], indent=2, default=str))
         return
@@ -113,11 +121,14 @@ def dlq_list(
 @click.argument("dlq_id", metavar="ID")
 @config_option
 @redis_url_option
-def dlq_show(dlq_id: str, config: str | None, redis_url: str | None) -> None:
+@key_prefix_option
+def dlq_show(
+    dlq_id: str, config: str | None, redis_url: str | None, key_prefix: str | None
+) -> None:
     """Show the dead letter ID (from `aqnode dlq list`) in full, as JSON: the message, its
     payload, the reason, and the last error with its traceback."""
     try:
-        letter = _queue(config, redis_url).get(dlq_id)
+        letter = _queue(config, redis_url, key_prefix).get(dlq_id)
     except KeyError as exc:
         raise click.ClickException(str(exc.args[0])) from None
     click.echo(json.dumps(letter.public(), indent=2, default=str))
@@ -133,6 +144,7 @@ def dlq_show(dlq_id: str, config: str | None, redis_url: str | None) -> None:
 @auth_token_option
 @tls_options
 @redis_url_option
+@key_prefix_option
 def dlq_replay(
     dlq_ids: tuple[str, ...],
     replay_all: bool,
@@ -145,14 +157,15 @@ def dlq_replay(
     tls_cert: str | None,
     tls_key: str | None,
     redis_url: str | None,
+    key_prefix: str | None,
 ) -> None:
     """Send dead letters (--id ID ..., or --all) again through the running node, and take
     them out of the queue. Each goes under the message id `<id>~replay`, so replaying one
     twice enqueues it once. --all asks for confirmation on a terminal."""
     if bool(dlq_ids) == replay_all:
         raise click.UsageError("give --id ID (one or more) or --all")
-    cfg = _config(config)
-    queue = _queue(config, redis_url, cfg=cfg, node_needed=address is None)
+    cfg = _config(config, redis_url)
+    queue = _queue(config, redis_url, key_prefix, cfg=cfg, node_needed=address is None)
     try:
         letters = queue.entries(entity_type) if replay_all else [queue.get(i) for i in dlq_ids]
     except KeyError as exc:
@@ -203,16 +216,18 @@ def dlq_replay(
 @yes_option
 @config_option
 @redis_url_option
+@key_prefix_option
 def dlq_purge(
     dlq_ids: tuple[str, ...],
     older_than: float | None,
     yes: bool,
     config: str | None,
     redis_url: str | None,
+    key_prefix: str | None,
 ) -> None:
     """Delete dead letters for good: all of them, unless --id or --older-than narrows it.
     Asks for confirmation on a terminal, and refuses without --yes elsewhere."""
-    queue = _queue(config, redis_url)
+    queue = _queue(config, redis_url, key_prefix)
     letters = queue.entries()
     if dlq_ids:
         wanted = set(dlq_ids)
@@ -235,19 +250,27 @@ def dlq_purge(
 # ---- finding the queue -------------------------------------------------------------------
 
 
-def _config(config: str | None) -> NodeConfig:
+def _config(config: str | None, redis_url: str | None) -> NodeConfig | None:
+    """The node's config; None when there is no config file but ``--redis-url`` says
+    where to read (a ``--config`` that names a missing file is still an error)."""
     path = config_path(config)
-    if not Path(path).exists():
+    if Path(path).exists():
+        return load(path)
+    if redis_url is None:
         raise click.ClickException(
             f"config file {path} does not exist: the dead-letter commands read the node's "
-            "Redis and key prefix from it (use --config FILE or set AQNODE_CONFIG)"
+            "Redis and key prefix from it (use --config FILE or set AQNODE_CONFIG, or give "
+            "--redis-url URL)"
         )
-    return load(path)
+    if config:
+        raise click.ClickException(f"config file {path} does not exist")
+    return None
 
 
 def _queue(
     config: str | None,
     redis_url: str | None,
+    key_prefix: str | None,
     *,
     cfg: NodeConfig | None = None,
     node_needed: bool = False,
@@ -258,7 +281,10 @@ def _queue(
     from aqnode.util.managed_redis import url_for
     from aqnode.wal.dlq import DeadLetterQueue
 
-    cfg = cfg or _config(config)
+    cfg = cfg or _config(config, redis_url)
+    if cfg is None:  # no config file: --redis-url, and --key-prefix or the default
+        assert redis_url is not None
+        return DeadLetterQueue(_connect(redis_url), key_prefix or DEFAULT_KEY_PREFIX)
     url = redis_url or cfg.redis.url
     if url is not None:
         client = _connect(url)
@@ -276,7 +302,7 @@ def _queue(
                 ) from None
             ctx = click.get_current_context()
             client = _connect(ctx.with_resource(_managed_redis(Path(cfg.data_dir), path)))
-    return DeadLetterQueue(client, cfg.key_prefix, cfg.wal.entry_ttl_s)
+    return DeadLetterQueue(client, key_prefix or cfg.key_prefix, cfg.wal.entry_ttl_s)
 
 
 def _connect(url: str, *, quiet: bool = False) -> Any:

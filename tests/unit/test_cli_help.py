@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 import pytest
@@ -130,3 +132,53 @@ def test_an_endless_older_than_is_a_usage_error() -> None:
     )
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--older-than'" in result.output
+
+
+# --- dlq with --redis-url needs no config file ------------------------------------------------
+
+
+def test_dlq_list_and_show_need_no_config_file_with_a_redis_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    import redis
+    from click.testing import CliRunner
+
+    from aqnode.wal.keys import LogKeys, nodes_key
+
+    # Given a dead letter under the key prefix "other", and no node.toml where we are
+    keys = LogKeys("other", "node-1")
+    with redis.Redis.from_url(redis_url) as client:
+        client.sadd(nodes_key("other"), "node-1")
+        client.zadd(keys.dlq, {"m-1": 1.0})
+        client.hset(
+            keys.entry("m-1"),
+            mapping={"entity_type": "account", "entity_id": "a-1", "message": "Deposit",
+                     "reason": "exhausted", "attempts": 1, "dead_lettered_at": 1.0},
+        )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AQNODE_CONFIG", raising=False)
+    runner = CliRunner()
+
+    listed = runner.invoke(
+        main, ["dlq", "list", "--json", "--redis-url", redis_url, "--key-prefix", "other"]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert [d["id"] for d in json.loads(listed.output)] == ["m-1"]
+    shown = runner.invoke(
+        main, ["dlq", "show", "m-1", "--redis-url", redis_url, "--key-prefix", "other"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["entity_id"] == "a-1"
+    # the default key prefix (aq) holds none
+    default = runner.invoke(main, ["dlq", "list", "--json", "--redis-url", redis_url])
+    assert default.exit_code == 0, default.output
+    assert json.loads(default.output) == []
+    # without --redis-url the missing config file is still the problem, named
+    missing = runner.invoke(main, ["dlq", "list"])
+    assert missing.exit_code == 1
+    assert "node.toml does not exist" in missing.output
+    # and a --config that names a missing file is an error even with --redis-url
+    named = runner.invoke(
+        main, ["dlq", "list", "--redis-url", redis_url, "--config", str(tmp_path / "x.toml")]
+    )
+    assert named.exit_code == 1 and "does not exist" in named.output
