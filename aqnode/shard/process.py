@@ -158,6 +158,23 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+#: the exit code of a child forked from a shard (it exits before running any code)
+EXIT_FORKED_CHILD = 70
+_FORKED = (
+    b"aqnode shard: a handler called os.fork(); the child exits at once: a copy of a "
+    b"shard would share its socket to the supervisor and take its messages (use "
+    b"subprocess, or multiprocessing with the spawn or forkserver start method)\n"
+)
+
+
+def _forked_child() -> None:
+    """After ``os.fork()`` in the child: a copy of this process would read the parent's
+    frames from the shared socket and run its messages. It ends before any code runs.
+    (``subprocess`` forks without this hook, unless it is given a ``preexec_fn``.)"""
+    os.write(2, _FORKED)
+    os._exit(EXIT_FORKED_CHILD)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="aqnode.shard", description="an aqnode shard process")
     parser.add_argument("--fd", type=int, required=True, help="the supervisor socket's fd")
@@ -165,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, required=True, help="the supervisor's pid")
     args = parser.parse_args(argv)
     procutil.die_with_parent(args.parent)
+    os.register_at_fork(after_in_child=_forked_child)
     try:
         code = procutil.run(_main(args.fd, args.index))
     except Exception:

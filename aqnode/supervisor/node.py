@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import psutil
@@ -45,6 +45,7 @@ from aqnode.supervisor.tls import NodeTls
 from aqnode.supervisor.validation import Validator
 from aqnode.util import proc as procutil
 from aqnode.util.backoff import doubling
+from aqnode.util.data_dir import hold_data_dir
 from aqnode.util.hostport import parse_host_port
 from aqnode.util.managed_redis import ManagedRedis
 from aqnode.util.redis_url import redacted
@@ -96,6 +97,7 @@ class Supervisor:
         self._stop_before_serving = False  # a signal came while the shards were starting
         self._watchers: set[asyncio.Task[None]] = set()  # one per running shard
         self._managed: ManagedRedis | None = None
+        self._data_dir_lock: IO[bytes] | None = None
         self._redis: Any = None  # redis.asyncio.Redis, typed loosely: only wal/ imports redis
         self._server: grpc.aio.Server | None = None
         self.core: NodeCore | None = None
@@ -116,18 +118,23 @@ class Supervisor:
             _check_port_free(self.config.native_listen, "native_listen")
         if self.config.tls is not None:
             self.tls = NodeTls(self.config.tls)  # a bad file: one line naming it, exit 2
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.server_id = self.config.server_id or _persistent_server_id(self.data_dir)
+        # Held until the process ends: a second node on this data_dir stops here.
+        self._data_dir_lock = hold_data_dir(self.data_dir)
+        try:
+            self.server_id = self.config.server_id or _persistent_server_id(self.data_dir)
+        except OSError as exc:
+            raise errors.StartupError(
+                f"data_dir {self.data_dir} cannot be used: reading or writing its server_id "
+                f"file failed ({exc.strerror or exc})"
+            ) from None
         await self._connect_redis()
         assert self._redis is not None
         # A cluster member joins before it touches its log: a live process that holds
         # this server id (and so this log) makes the start fail instead.
         await self._join_group()
+        keys = LogKeys(self.config.key_prefix, self.server_id)
         wal = WriteAheadLog(
-            self._redis,
-            LogKeys(self.config.key_prefix, self.server_id),
-            entry_ttl_s=self.config.wal.entry_ttl_s,
-            clock=time.time,
+            self._redis, keys, entry_ttl_s=self.config.wal.entry_ttl_s, clock=time.time
         )
         try:
             await wal.start()

@@ -39,6 +39,7 @@ HOWS = (
     "surrogate_error",  # raises ValueError whose text holds a lone surrogate (not UTF-8)
     "bus_huge_timeout",  # ctx.bus.enqueue_and_wait(..., timeout=1e30): refused, raised
     "bus_surrogate_id",  # ctx.bus.enqueue_raw to an entity id that is not UTF-8
+    "fork",  # os.fork(): a child that went on would be a second copy of the shard
 )
 
 
@@ -171,6 +172,14 @@ async def act(msg: Act, ctx: Context) -> Any:
     if msg.how == "exit":
         time.sleep(msg.seconds)  # nothing else starts on this shard meanwhile
         os._exit(msg.code)
+    if msg.how == "fork":
+        child = os.fork()
+        if child == 0:  # only if the child lives on past the fork
+            record(ctx.message_id, "fork-child")
+            return os.getpid()
+        _, status = os.waitpid(child, 0)
+        record(f"{ctx.message_id}-child-exit", str(os.waitstatus_to_exitcode(status)))
+        return os.getpid()
     if msg.how == "surrogate_error":
         raise ValueError("bad \ud800 text")
     if msg.how == "bus_huge_timeout":

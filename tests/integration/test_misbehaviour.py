@@ -298,6 +298,8 @@ SURVIVED = [
         "ValidationFailed",
     ),
     ("bus-surrogate-id", Act(key="", how="bus_surrogate_id"), {"HANDLER_ERROR"}, "Validation"),
+    # A forked child of the shard ends before it runs anything: no second shard
+    ("fork", Act(key="", how="fork"), {"ok"}, ""),
     # A Struct reply of the right class but the wrong shape is not an R
     ("struct-bad-field", Shaped(key="", how="bad_field"), {"HANDLER_ERROR"}, "ReplyTypeError"),
     ("struct-subclass", Shaped(key="", how="subclass"), {"HANDLER_ERROR"}, "ReplyTypeError"),

@@ -46,6 +46,38 @@ def test_a_data_dir_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert len(lines) == 1 and "data_dir" in lines[0] and "Traceback" not in result.stderr
 
 
+def test_a_data_dir_in_use_is_refused_with_an_external_redis_too(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The review's case: with `[redis] url` there is no managed Redis to lock data_dir,
+    and a second node on it recovered the first one's live log as if it had crashed."""
+    with running_node(tmp_path, redis_url) as first:
+        config = write_config(tmp_path / "second.toml", redis_url, free_port())
+        result = serve_once(config, node_env(redis_url))
+        assert first.proc.poll() is None
+        with first.client() as bus:  # the first node serves on, untouched
+            assert bus.status().role == "standalone"
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use by another node" in lines[0], result.stderr
+    assert f"pid {first.proc.pid}" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("kind", ["a-file", "under-a-file"])
+def test_a_data_dir_that_cannot_be_made_is_one_line_and_exit_2(
+    tmp_path: Path, redis_url: str, kind: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory\n")
+    data_dir = blocker if kind == "a-file" else blocker / "data"
+    config = write_config(tmp_path / "node.toml", redis_url, free_port(), data_dir=str(data_dir))
+    result = serve_once(config, node_env(redis_url))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aqnode: data_dir"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_missing_handler_module_is_named_in_one_line(tmp_path: Path, redis_url: str) -> None:
     config = write_config(
         tmp_path / "node.toml", redis_url, free_port(), handlers=["no.such.module"], shards=1
