@@ -201,6 +201,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     #: a shard whose event loop sends no heartbeat for this long is killed and restarted
     #: (its running messages are interrupted); 0 = never
     shard_stall_timeout_ms: NonNegMs = 60000
+    #: a shard that has not imported its handler modules (and said Ready) this long after
+    #: it started is killed, and the node stops: a module that never finishes importing
+    shard_start_timeout_ms: PositiveMs = 60000
     auth_token: str | None = None  # shared token; None: no authentication
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)

@@ -8,6 +8,7 @@ inherited file descriptor, so there is no socket path to race on or clean up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -18,19 +19,25 @@ from collections.abc import Callable
 import psutil
 
 from aqnode import ipc
+from aqnode.config import ConfigError, decode_config
+from aqnode.util import proc as procutil
 from aqnode.util.child import Child
 from aqnode.wiretypes import MessageEntry
 
 log = logging.getLogger("aqnode.supervisor")
 
 HELLO_TIMEOUT_S = 15.0  #: seconds a fresh shard interpreter may take to say Hello
-READY_TIMEOUT_S = 60.0  #: seconds a shard may take to import its handler modules
+#: seconds a shard may take to import its handler modules, unless the config's
+#: ``shard_start_timeout_ms`` says otherwise
+READY_TIMEOUT_S = 60.0
 RATE_SMOOTHING = 0.5  #: weight of the newest heartbeat in the handled-per-second average
 READ_AFTER_EXIT_S = 1.0  #: seconds to finish reading a dead shard's last frames
 
 
 class ShardBootFailed(Exception):
-    """The shard said why it cannot serve (its handler modules, say) and exits."""
+    """The shard cannot serve and will not by being started again: it said why (its
+    handler modules, say), or it did not finish importing them in time, or it ended
+    itself while importing them."""
 
 
 class ShardLink:
@@ -45,6 +52,11 @@ class ShardLink:
         self._config_bytes = config_bytes
         self._shard_count = shard_count
         self._on_items = on_items
+        try:
+            ready_ms = decode_config(config_bytes).shard_start_timeout_ms
+        except ConfigError:  # the shard refuses such a config itself, and says why
+            ready_ms = int(READY_TIMEOUT_S * 1000)
+        self.ready_timeout_s = ready_ms / 1000
         self.process: Child | None = None
         self.channel: ipc.SupervisorEnd | None = None
         self.ready = False
@@ -102,8 +114,10 @@ class ShardLink:
         self._reader = asyncio.get_running_loop().create_task(self._read(self.channel))
 
     async def _handshake(self, channel: ipc.SupervisorEnd) -> None:
-        """Hello within HELLO_TIMEOUT_S (a fresh interpreter), Ready within READY_TIMEOUT_S
-        (the handler imports); a shard that overstays either is given up on."""
+        """Hello within HELLO_TIMEOUT_S (a fresh interpreter), Ready within
+        ``ready_timeout_s`` (the handler imports); a shard that overstays either is given
+        up on. One that overstays the imports, or ends itself during them without saying
+        why, is killed and raises `ShardBootFailed`: starting it again would do the same."""
         try:
             frame = await asyncio.wait_for(channel.receive(), HELLO_TIMEOUT_S)
         except TimeoutError:
@@ -113,20 +127,45 @@ class ShardLink:
         channel.send(
             ipc.Welcome(ipc.PROTOCOL_VERSION, self.index, self._shard_count, self._config_bytes)
         )
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + self.ready_timeout_s
         while True:
             try:
                 frame = await asyncio.wait_for(channel.receive(), deadline - time.monotonic())
             except TimeoutError:
-                raise TimeoutError(f"shard {self.index} not ready in {READY_TIMEOUT_S}s") from None
+                self.kill()
+                raise ShardBootFailed(
+                    f"it had not finished importing its handler modules after "
+                    f"{self.ready_timeout_s:g}s (shard_start_timeout_ms), so it was killed: "
+                    "a handler module that blocks or loops while it is imported (a sleep, "
+                    "a network call, a server started at module level) is the likely cause"
+                ) from None
             if frame is None:
-                raise ConnectionError(f"shard {self.index} exited before it was ready")
+                raise await self._closed_before_ready()
             for item in frame:
                 if isinstance(item, ipc.BootFailed):
                     raise ShardBootFailed(item.reason)
                 if isinstance(item, ipc.Ready):
                     self.catalogue = item.catalogue
                     return
+
+    async def _closed_before_ready(self) -> Exception:
+        """What to raise for a shard that closed its socket after Welcome, before Ready.
+
+        A handler module that fails to import is reported by the shard (``BootFailed``);
+        a shard that just exits with the shard's own error codes (3, 4) said nothing to
+        the node, and may have printed nothing either (``os._exit`` in a handler module).
+        """
+        code: int | None = None
+        if self.process is not None:
+            with contextlib.suppress(TimeoutError):
+                code = await asyncio.wait_for(self.process.wait(), READ_AFTER_EXIT_S)
+        if code in (procutil.EXIT_BOOT_ERROR, procutil.EXIT_IMPORT_ERROR):
+            return ShardBootFailed(
+                f"it exited with code {code} while importing its handler modules, without "
+                "telling the node why: a handler module that ends the process while it is "
+                "imported (os._exit(), sys.exit() at module level) is the likely cause"
+            )
+        return ConnectionError(f"shard {self.index} exited before it was ready")
 
     async def _read(self, channel: ipc.SupervisorEnd) -> None:
         try:

@@ -1,0 +1,57 @@
+"""Start-up failures that used to hang or mislead: one `aqnode: ` line and exit 2.
+
+A handler module that never finishes importing, and one that ends its process while it
+is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.integration.test_startup import serve_once
+from tests.node_fixture import node_env, write_config
+from tests.redis_fixture import free_port
+
+
+def _last_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("aqnode: ")]
+    assert len(lines) == 1, stderr
+    assert stderr.strip().splitlines()[-1] == lines[0], stderr
+    return lines[0]
+
+
+def test_a_handler_module_that_never_finishes_importing_stops_the_start(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # The module sleeps for ever at import; the shard's bound is made short for the test
+    (tmp_path / "hangs_at_import.py").write_text("import time\ntime.sleep(100000)\n")
+    config = write_config(
+        tmp_path / "node.toml",
+        redis_url,
+        free_port(),
+        handlers=["hangs_at_import"],
+        shards=1,
+        shard_start_timeout_ms=500,
+    )
+    result = serve_once(config, node_env(redis_url))
+    assert result.returncode == 2, result.stderr
+    line = _last_line(result.stderr)
+    assert line.startswith("aqnode: shard 0 cannot serve: "), line
+    assert "shard_start_timeout_ms" in line and "importing its handler modules" in line, line
+    assert "blocks or loops while it is imported" in line, line
+
+
+def test_a_handler_module_that_exits_at_import_is_not_said_to_have_printed_an_error(
+    tmp_path: Path, redis_url: str
+) -> None:
+    (tmp_path / "exits_at_import.py").write_text("import os\nos._exit(3)\n")
+    config = write_config(
+        tmp_path / "node.toml", redis_url, free_port(), handlers=["exits_at_import"], shards=1
+    )
+    result = serve_once(config, node_env(redis_url))
+    assert result.returncode == 2, result.stderr
+    line = _last_line(result.stderr)
+    assert "see its error above" not in line, line
+    assert line.startswith("aqnode: shard 0 cannot serve: it exited with code 3 while importing")
+    assert "os._exit()" in line, line
