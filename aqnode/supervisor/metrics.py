@@ -14,8 +14,10 @@ a few seconds and never an unbounded wait.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
+import os
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
@@ -384,7 +386,8 @@ async def serve_metrics(
 ) -> asyncio.Server:
     """Serve `render()` at GET /metrics on `listen`; the caller closes the returned server.
 
-    Raises ValueError for a malformed address and OSError (naming it) if it cannot bind.
+    Raises ValueError for a malformed address and `MetricsListenError` (an OSError naming
+    the key and the address) if it cannot bind.
     """
     host, port = parse_listen(listen)
 
@@ -395,8 +398,27 @@ async def serve_metrics(
         # `limit` caps the StreamReader buffer, so readuntil fails past it instead of growing.
         return await asyncio.start_server(handle, host, port, limit=max_head_bytes)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise OSError(exc.errno, f"Cannot serve metrics on {listen}: {reason}") from exc
+        # asyncio's strerror repeats the address; the errno's own text says it shorter
+        # (a getaddrinfo error has a negative errno and a strerror of its own)
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else None
+        reason = reason or exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            hint = "is another node (or program) using that port? Choose another port for"
+        else:
+            hint = "change"
+        raise MetricsListenError(
+            exc.errno,
+            f"Cannot serve metrics on {listen} (metrics_listen): {reason}; {hint} "
+            "`metrics_listen` in the config",
+        ) from exc
+
+
+class MetricsListenError(OSError):
+    """`serve_metrics` could not bind: ``str()`` is the message alone, naming the key
+    and the address (no ``[Errno N]`` in front), as `aqnode serve` prints it."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 async def _handle(

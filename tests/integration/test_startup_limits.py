@@ -1,11 +1,12 @@
 """Start-up failures that used to hang or mislead: one `aqnode: ` line and exit 2.
 
-A handler module that never finishes importing, and one that ends its process while it
-is imported.
+A handler module that never finishes importing, one that ends its process while it is
+imported, and a taken `metrics_listen` port.
 """
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from tests.integration.test_startup import serve_once
@@ -55,3 +56,19 @@ def test_a_handler_module_that_exits_at_import_is_not_said_to_have_printed_an_er
     assert "see its error above" not in line, line
     assert line.startswith("aqnode: shard 0 cannot serve: it exited with code 3 while importing")
     assert "os._exit()" in line, line
+
+
+def test_a_taken_metrics_port_names_the_key_and_the_address(tmp_path: Path, redis_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = write_config(
+            tmp_path / "node.toml", redis_url, free_port(), shards=1, metrics_listen=metrics
+        )
+        result = serve_once(config, node_env(redis_url))
+    assert result.returncode == 2, result.stderr
+    line = _last_line(result.stderr)
+    assert line.startswith(f"aqnode: Cannot serve metrics on {metrics} (metrics_listen): "), line
+    assert "[Errno" not in line, line
+    assert "Choose another port for `metrics_listen`" in line, line
