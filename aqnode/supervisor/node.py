@@ -116,6 +116,8 @@ class Supervisor:
         _check_port_free(self.config.listen)
         if self.config.native_listen is not None:
             _check_port_free(self.config.native_listen, "native_listen")
+        if self.config.metrics_listen is not None:
+            _check_port_free(self.config.metrics_listen, "metrics_listen")
         if self.config.tls is not None:
             self.tls = NodeTls(self.config.tls)  # a bad file: one line naming it, exit 2
         # Held until the process ends: a second node on this data_dir stops here.

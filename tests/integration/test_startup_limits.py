@@ -68,7 +68,10 @@ def test_a_taken_metrics_port_names_the_key_and_the_address(tmp_path: Path, redi
         )
         result = serve_once(config, node_env(redis_url))
     assert result.returncode == 2, result.stderr
-    line = _last_line(result.stderr)
-    assert line.startswith(f"aqnode: Cannot serve metrics on {metrics} (metrics_listen): "), line
-    assert "[Errno" not in line, line
-    assert "Choose another port for `metrics_listen`" in line, line
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"aqnode: cannot listen on {metrics}: "), lines[0]
+    assert "[Errno" not in lines[0], lines[0]
+    assert "`metrics_listen`" in lines[0], lines[0]
+    # checked before anything starts, like `listen`: no data_dir, no shard
+    assert not (tmp_path / "data").exists()
