@@ -482,6 +482,9 @@ class _FrameProtocol(asyncio.Protocol, Generic[In]):
         if self._done.done():
             return
         self._hold(0)
+        # Read no further: what an unfinished frame held is given back now, not when the
+        # transport and this protocol are collected (a peer may leave 60 MB behind).
+        self._buf = bytearray()
         if exc is None:
             self._done.set_result(None)
         else:

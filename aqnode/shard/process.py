@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     procutil.die_with_parent(args.parent)
     os.register_at_fork(after_in_child=_forked_child)
+    # multiprocessing in a handler starts fresh interpreters, never forks of this one
+    # (which the hook above ends at once: a fork-based Pool would respawn them for ever).
+    multiprocessing.set_start_method("spawn", force=True)
     try:
         code = procutil.run(_main(args.fd, args.index))
     except Exception:

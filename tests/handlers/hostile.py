@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ HOWS = (
     "bus_huge_timeout",  # ctx.bus.enqueue_and_wait(..., timeout=1e30): refused, raised
     "bus_surrogate_id",  # ctx.bus.enqueue_raw to an entity id that is not UTF-8
     "fork",  # os.fork(): a child that went on would be a second copy of the shard
+    "mp_pool",  # (SyncAct) a multiprocessing.Pool with the default start method
 )
 
 
@@ -209,5 +211,8 @@ async def big(msg: Big, ctx: Context) -> str:
 @handles(SyncAct)
 def sync_act(msg: SyncAct, ctx: Context) -> int:
     record(ctx.message_id, f"sync_{msg.how}")
+    if msg.how == "mp_pool":
+        with multiprocessing.Pool(2) as pool:  # forked workers would end at once
+            return sum(pool.map(abs, [-1, -2, -3]))
     _misbehave(msg.how, msg.code, 0)
     return os.getpid()

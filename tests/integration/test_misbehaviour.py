@@ -300,6 +300,8 @@ SURVIVED = [
     ("bus-surrogate-id", Act(key="", how="bus_surrogate_id"), {"HANDLER_ERROR"}, "Validation"),
     # A forked child of the shard ends before it runs anything: no second shard
     ("fork", Act(key="", how="fork"), {"ok"}, ""),
+    # ... and multiprocessing in a handler starts fresh interpreters instead
+    ("mp-pool", SyncAct(key="", how="mp_pool"), {"ok"}, ""),
     # A Struct reply of the right class but the wrong shape is not an R
     ("struct-bad-field", Shaped(key="", how="bad_field"), {"HANDLER_ERROR"}, "ReplyTypeError"),
     ("struct-subclass", Shaped(key="", how="subclass"), {"HANDLER_ERROR"}, "ReplyTypeError"),

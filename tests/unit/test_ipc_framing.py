@@ -735,11 +735,13 @@ def test_a_frame_that_is_not_finished_in_time_ends_the_connection(run: Run[Any])
         while budget.held == 0 and not serving.done():
             await asyncio.sleep(0.01)
         held = budget.held
+        protocol = s.channel._writer.transport.get_protocol()
         try:
             await asyncio.wait_for(serving, 10)
             error: BaseException | None = None
         except BaseException as exc:
             error = exc
+        assert len(protocol._buf) == 0, "the unfinished frame's bytes are still held"
         await s.close()
         return frames, error, held
 
