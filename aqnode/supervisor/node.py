@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -809,9 +810,14 @@ def _check_port_free(listen: str, key: str = "listen") -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
+            hint = (
+                "is another node (or program) using that port?"
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES)
+                else "is that an address of this host?"
+            )
             raise errors.StartupError(
-                f"cannot listen on {listen}: {exc.strerror or exc}; is another node (or "
-                f"program) using that port? Change `{key}` in the config"
+                f"cannot listen on {listen}: {exc.strerror or exc}; {hint} Change `{key}` "
+                "in the config"
             ) from None
 
 

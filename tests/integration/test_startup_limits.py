@@ -1,13 +1,15 @@
 """Start-up failures that used to hang or mislead: one `aqnode: ` line and exit 2.
 
 A handler module that never finishes importing, one that ends its process while it is
-imported, and a taken `metrics_listen` port.
+imported, a taken `metrics_listen` port, and a `listen` address that is not of this host.
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+
+import pytest
 
 from tests.integration.test_startup import serve_once
 from tests.node_fixture import node_env, write_config
@@ -75,3 +77,18 @@ def test_a_taken_metrics_port_names_the_key_and_the_address(tmp_path: Path, redi
     assert "`metrics_listen`" in lines[0], lines[0]
     # checked before anything starts, like `listen`: no data_dir, no shard
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("host", ["10.255.255.1", "999.1.1.1"])
+def test_a_listen_address_not_of_this_host_is_not_called_a_taken_port(
+    tmp_path: Path, redis_url: str, host: str
+) -> None:
+    config = write_config(tmp_path / "node.toml", redis_url, free_port(), shards=1)
+    text = config.read_text().replace('listen = "127.0.0.1:', f'listen = "{host}:')
+    config.write_text(text)
+    result = serve_once(config, node_env(redis_url))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"aqnode: cannot listen on {host}:"), lines
+    assert "is that an address of this host?" in lines[0], lines[0]
+    assert "using that port" not in lines[0], lines[0]
