@@ -16,6 +16,7 @@ import msgspec
 from aqnode import errors
 from aqnode.api import Command, Message, Query, entity_type_of, id_field_of, reply_type_of
 from aqnode.catalogue import JSON, MSGPACK
+from aqnode.config import MAX_MS
 from aqnode.wiretypes import to_msgpack
 
 R = TypeVar("R")
@@ -87,8 +88,9 @@ def _check_text(name: str, value: str) -> None:
         ) from None
 
 
-#: seconds; the longest ``timeout=`` a wait takes (the wire carries milliseconds as uint32)
-MAX_TIMEOUT_S = 30 * 24 * 3600
+#: seconds; the longest ``timeout=`` a wait takes: what a `_ms` config key may be (the wire
+#: carries milliseconds as uint32)
+MAX_TIMEOUT_S = MAX_MS // 1000
 
 
 def timeout_ms_of(timeout: float | None) -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from aqnode import errors
+from aqnode.bus import MAX_TIMEOUT_S
 
 if TYPE_CHECKING:
     from aqnode.client import Tls
@@ -89,9 +90,8 @@ def target(
     return Target(address or cfg.listen, token or cfg.auth_token, tls)
 
 
-#: seconds; the longest --timeout: the wire carries a wait's timeout as a uint32 of
-#: milliseconds (about 49 days), and a `_ms` config key goes up to 30 days too
-MAX_WAIT_S = 30 * 24 * 3600
+#: seconds; the longest --timeout, as for ``timeout=`` in the client
+MAX_WAIT_S = MAX_TIMEOUT_S
 MIN_WAIT_S = 0.001  #: seconds; the wire counts milliseconds (0 would mean "the default")
 
 

@@ -489,7 +489,11 @@ class Supervisor:
         assert self.core is not None
         core = self.core
         link = ShardLink(
-            slot.index, encode_config(self.config), self.shard_count, core.on_shard_items
+            slot.index,
+            encode_config(self.config),
+            self.shard_count,
+            core.on_shard_items,
+            self.config.shard_start_timeout_ms / 1000,
         )
         slot.link = link
         try:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import psutil
 
 from aqnode import ipc
-from aqnode.config import ConfigError, decode_config
 from aqnode.util import proc as procutil
 from aqnode.util.child import Child
 from aqnode.wiretypes import MessageEntry
@@ -47,16 +46,13 @@ class ShardLink:
         config_bytes: bytes,
         shard_count: int,
         on_items: Callable[[int, list[ipc.ToSupervisor]], None],
+        ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
         self.index = index
         self._config_bytes = config_bytes
         self._shard_count = shard_count
         self._on_items = on_items
-        try:
-            ready_ms = decode_config(config_bytes).shard_start_timeout_ms
-        except ConfigError:  # the shard refuses such a config itself, and says why
-            ready_ms = int(READY_TIMEOUT_S * 1000)
-        self.ready_timeout_s = ready_ms / 1000
+        self.ready_timeout_s = ready_timeout_s  #: the config's shard_start_timeout_ms
         self.process: Child | None = None
         self.channel: ipc.SupervisorEnd | None = None
         self.ready = False
