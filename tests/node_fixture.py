@@ -58,6 +58,17 @@ class Node:
     def client(self) -> SyncClient:
         return SyncClient(self.address, auth_token=self.token, tls=self.tls)
 
+    def wait_exit(self, timeout: float) -> int:
+        """The node's exit code once it has exited; if it has not within ``timeout``, a
+        failure that shows its log (where a stop hangs, say)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the node (pid {self.proc.pid}) did not exit within {timeout:g} s; its log:\n"
+                f"{self.log()[-20000:]}"
+            ) from None
+
     def terminate(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -42,6 +42,7 @@ from aqnode.supervisor.native_api import NativeServer
 from aqnode.supervisor.peer_api import AqPeerService
 from aqnode.supervisor.registry import RegistryPublisher
 from aqnode.supervisor.shards import READ_AFTER_EXIT_S, ShardBootFailed, ShardLink
+from aqnode.supervisor.stop_bound import STOP_OVERRUN_S, StopBound
 from aqnode.supervisor.tls import NodeTls
 from aqnode.supervisor.validation import Validator
 from aqnode.util import proc as procutil
@@ -631,7 +632,20 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        bound = StopBound(
+            self.config.drain_timeout_ms / 1000 + STOP_OVERRUN_S,
+            asyncio.get_running_loop(),
+            lambda: [s.link.pid for s in self.slots if s.link is not None and s.link.pid],
+        )
+        bound.start()
+        try:
+            await self._stop_steps(bound)
+        finally:
+            bound.cancel()
+
+    async def _stop_steps(self, bound: StopBound) -> None:
         if self.core is not None:
+            bound.at("writing the log's last commits")
             self.core.draining = True
             # Commits in flight deliver before Stop: a message already written `dispatched`
             # reaches its shard, which runs it while draining, not after.
@@ -641,6 +655,7 @@ class Supervisor:
         # dead-lettered at the next start: fail if interrupted).
         impatient = asyncio.get_running_loop().create_task(self._kill_on_second_signal(links))
         try:
+            bound.at("draining the shards")
             if self._fenced_out:
                 for link in links:
                     link.kill()
@@ -649,9 +664,12 @@ class Supervisor:
         finally:
             impatient.cancel()
         if self._watchers:  # each reads its shard's last frames, then shard_down
+            bound.at("reading the shards' last frames")
             await asyncio.wait(set(self._watchers), timeout=READ_AFTER_EXIT_S + 1)
         if self.core is not None:
+            bound.at("waiting for the last transitions to reach the log")
             await self.core.settled(SETTLE_AT_STOP_S)
+            bound.at("closing the log")
             await self.core.wal.close()
             self.core.abandon_waiters()
         if self.membership is not None:
@@ -659,18 +677,24 @@ class Supervisor:
                 self._membership_task.cancel()
                 await asyncio.gather(self._membership_task, return_exceptions=True)
             self.membership.stop_lease()
+            bound.at("leaving the group")
             await self.membership.leave()
         if self.member is not None:
+            bound.at("closing the connections to peers")
             await self.member.close()
         if self._server is not None:
+            bound.at("stopping the gRPC server")
             await self._server.stop(grace=1.0)
         if self._native is not None:
+            bound.at("closing the native protocol's connections")
             await self._native.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
         if self._redis is not None:
+            bound.at("closing the Redis client")
             await self._redis.aclose()
         if self._managed is not None:
+            bound.at("stopping the managed Redis")
             await self._managed.stop()
 
     async def _kill_on_second_signal(self, links: list[ShardLink]) -> None:

@@ -166,7 +166,7 @@ def test_a_node_cut_off_or_paused_past_its_lease_starts_nothing_and_stops_when_b
 
         acked, began, _healed = asyncio.run(load([n.address for n in nodes[:2]], cut, heal))
         # Declared dead and adopted: when it can reach Redis again it stops, saying why.
-        assert n3.proc.wait(30) == 1
+        assert n3.wait_exit(30) == 1
         assert "declared this node dead" in n3.log_path.read_text()
         wait_for(
             lambda: sum(r.llen(f"t:span:fault-{e}") for e in range(ENTITIES)) >= len(acked) - 20,
@@ -231,16 +231,16 @@ def test_a_rolling_restart_under_load_loses_nothing_and_keeps_order(
 
         acked = asyncio.run(run())
         assert len(acked) > 100
-        store = log_store(redis_url, log_url)
-        try:
-            wait_for(lambda: _settled(r, acked, store), timeout=60)
-        except AssertionError:
-            missing = _missing(r, acked, store)
-            raise AssertionError(f"acknowledged, never ran: {missing}") from None
-        letters = DeadLetterQueue(store, "aq").entries()
-        interrupted = {d.id for d in letters if d.reason == "interrupted"}
-        assert not interrupted & set(acked), "a clean stop interrupted a message"
-        check(r, acked, log=store)
+        with log_store(redis_url, log_url) as store:
+            try:
+                wait_for(lambda: _settled(r, acked, store), timeout=60)
+            except AssertionError:
+                missing = _missing(r, acked, store)
+                raise AssertionError(f"acknowledged, never ran: {missing}") from None
+            letters = DeadLetterQueue(store, "aq").entries()
+            interrupted = {d.id for d in letters if d.reason == "interrupted"}
+            assert not interrupted & set(acked), "a clean stop interrupted a message"
+            check(r, acked, log=store)
 
 
 def test_the_group_recovers_by_itself_from_a_redis_outage(

@@ -55,15 +55,15 @@ def test_three_senders_on_three_nodes_share_entities_with_one_nodes_guarantees(
             wait_for(lambda: sum(r.llen(f"t:span:{n}") for n in names) == len(acked), timeout=60)
         except AssertionError:
             ran_ids = {rec[3] for name in names for rec in spans(r, name)}
-            store = log_store(redis_url, log_url)
             missing = [mid for mid in acked if mid not in ran_ids][:5]
-            states = {
-                mid: {
-                    n.address: store.hget(f"aq:{{{sid}}}:m:{mid}", "state")
-                    for n, sid in zip(nodes, IDS, strict=True)
+            with log_store(redis_url, log_url) as store:
+                states = {
+                    mid: {
+                        n.address: store.hget(f"aq:{{{sid}}}:m:{mid}", "state")
+                        for n, sid in zip(nodes, IDS, strict=True)
+                    }
+                    for mid in missing
                 }
-                for mid in missing
-            }
             raise AssertionError(
                 f"{len(acked) - len(ran_ids)} acknowledged messages did not run in 60 s; "
                 f"some, with their state in each node's log: {states}; statuses: "

@@ -168,7 +168,7 @@ def test_a_node_whose_server_id_was_taken_while_it_was_paused_stops(
             ) as new:
                 wait_for(lambda: agreed([new], "p1", {"p1"}), timeout=15)
                 os.killpg(old.proc.pid, signal.SIGCONT)
-                assert old.proc.wait(30) == 1, old.log()
+                assert old.wait_exit(30) == 1, old.log()
                 assert "another process took server_id 'p1'" in old.log()
                 assert status(new) is not None and new.proc.poll() is None
         finally:

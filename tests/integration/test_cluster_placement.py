@@ -65,9 +65,15 @@ def group(
         yield nodes
 
 
-def log_store(redis_url: str, log_url: str | None) -> Any:
-    """A client of where the group keeps its log: the Redis Cluster, or the test's Redis."""
-    return sync_client(log_url or redis_url)
+@contextlib.contextmanager
+def log_store(redis_url: str, log_url: str | None) -> Iterator[Any]:
+    """A client of where the group keeps its log (the Redis Cluster, or the test's Redis),
+    closed afterwards: a cluster client left to the collector warns of unclosed sockets."""
+    client = sync_client(log_url or redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 _probes = itertools.count()
@@ -309,8 +315,8 @@ def test_a_dead_nodes_queued_messages_run_on_the_survivors_in_order(
             assert int(r.get(f"t:counter:{name}") or 0) == 11
             ran = [x.decode() for x in r.lrange("t:ran", 0, -1)]
             assert all(ran.count(mid) == 1 for mid in [*queued, late])
-            store = log_store(redis_url, log_url)
-            letters = {d.id: d for d in DeadLetterQueue(store, "aq").entries()}
+            with log_store(redis_url, log_url) as store:
+                letters = {d.id: d for d in DeadLetterQueue(store, "aq").entries()}
             assert letters[running].reason == "interrupted"
             assert r.llen(f"t:span:{name}") == 0  # it never finished, and never ran again
             # Resent under its id (its sender never heard back), it is known at the new
@@ -351,7 +357,7 @@ def test_a_stopping_node_hands_its_queued_messages_over(
             stopped = time.monotonic()
             by_id["n3"].proc.send_signal(signal.SIGTERM)
             assert waiter.result(30) in leaving_pids  # drained: it finished and answered
-            assert by_id["n3"].proc.wait(30) == 0
+            assert by_id["n3"].wait_exit(60) == 0
             key = f"t:order:{name}:s"
             wait_for(lambda: r.llen(key) == 5, timeout=30)
             took = time.monotonic() - stopped
@@ -396,7 +402,7 @@ def test_a_paused_node_that_was_declared_dead_stops_when_it_wakes(
                 wait_for(lambda: r.llen(key) == 4, timeout=30)
             finally:
                 os.killpg(paused.proc.pid, signal.SIGCONT)
-            assert paused.proc.wait(30) == 1
+            assert paused.wait_exit(30) == 1
             assert "declared this node dead" in paused.log_path.read_text()
             assert [int(x) for x in r.lrange(key, 0, -1)] == [0, 1, 2, 3]
             assert owner_of_pid.get(client.enqueue_and_wait(WhoRuns(name=name))) != "n3"
@@ -479,13 +485,13 @@ def test_hostile_input_through_a_non_owner_gets_a_code_and_changes_nothing(
                 ("Nope", name, {"name": name}, "UNKNOWN_MESSAGE"),
                 ("Incr", "é" * 2000, {"by": 1}, "INVALID_PAYLOAD"),
             ]
-            log = log_store(redis_url, log_url)
-            before = r.dbsize(), log.dbsize()
-            for message, entity, data, code in cases:
-                with pytest.raises(AqError) as refused:
-                    client.enqueue_raw("counter", message, entity, data)
-                assert refused.value.code == code, (message, refused.value)
-            assert (r.dbsize(), log.dbsize()) == before  # nothing written anywhere
+            with log_store(redis_url, log_url) as log:
+                before = r.dbsize(), log.dbsize()
+                for message, entity, data, code in cases:
+                    with pytest.raises(AqError) as refused:
+                        client.enqueue_raw("counter", message, entity, data)
+                    assert refused.value.code == code, (message, refused.value)
+                assert (r.dbsize(), log.dbsize()) == before  # nothing written anywhere
             assert client.enqueue_and_wait(Incr(name=name)).value == 1
         assert {n.address: (n.proc.pid, shard_pids(n)) for n in nodes} == pids
 

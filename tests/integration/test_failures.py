@@ -215,7 +215,7 @@ def test_sigterm_drains_running_handlers_and_keeps_queued_messages(
             wait_for(lambda: redis_client.hget(ENTRY + running, "state") == b"dispatched")
             node.proc.send_signal(signal.SIGTERM)
             wait_for(lambda: _rejects_draining(bus), timeout=5, message="no DRAINING")
-        assert node.proc.wait(20) == 0
+        assert node.wait_exit(20) == 0
         assert redis_client.hget(ENTRY + running, "state") == b"completed"
         assert all(redis_client.hget(ENTRY + q, "state") == b"enqueued" for q in queued)
         node.respawn()

@@ -176,7 +176,7 @@ def test_a_second_signal_during_a_drain_stops_the_node_at_once(
         node.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "draining" in node.log(), timeout=10)
         node.proc.send_signal(signal.SIGTERM)
-        assert node.proc.wait(30) == 0
+        assert node.wait_exit(30) == 0
         assert "SIGTERM again: stopping now" in node.log()
         assert node.log().rstrip().endswith("stopped"), node.log()[-500:]
 
