@@ -31,6 +31,7 @@ MAX_CALL_BYTES = 64 * 1024 * 1024
 FRAME_BYTES = 8 * 1024 * 1024  #: payload bytes gathered into one ClientFrame
 FRAME_SLACK_BYTES = 1024 * 1024  #: room for ids, names and framing around a payload
 STATUS_WAIT_S = 1.0  #: seconds to wait for an ended stream's status after a failed write
+CLOSE_WAIT_S = 1.0  #: seconds a closing connection waits for its half-close to go out
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +200,12 @@ class Connection:
         if self._stream is not None:
             # A half-close first: the node finishes the stream, nothing is left pending.
             # A stream that never connected fails this in gRPC's own ways; it is being
-            # thrown away either way, so there is nothing to report.
+            # thrown away either way, so there is nothing to report. The half-close waits
+            # behind what is still being written: a node that reads nothing (paused,
+            # wedged) would hold it for ever, so it gets CLOSE_WAIT_S, then the stream
+            # is cancelled (the calls still pending fail as UNAVAILABLE below).
             with contextlib.suppress(Exception):
-                await self._stream.done_writing()
+                await asyncio.wait_for(self._stream.done_writing(), CLOSE_WAIT_S)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
-import io
 import logging
 import os
 import signal
@@ -89,9 +88,12 @@ def _tasks_report(loop: asyncio.AbstractEventLoop) -> str:
         return f"  (the tasks could not be listed: {exc!r})"
     for task in tasks:
         try:
-            where = io.StringIO()
-            task.print_stack(file=where)
-            lines.append(where.getvalue())
+            # Frames by hand: print_stack trips over frames with no line number (C code).
+            frames = [
+                f"    {f.f_code.co_filename}:{f.f_lineno or '?'} in {f.f_code.co_name}"
+                for f in task.get_stack()
+            ]
+            lines.append(f"  {task!r}\n" + "\n".join(frames))
         except Exception as exc:
             lines.append(f"  {task.get_name()}: (its stack could not be read: {exc!r})")
     return "\n".join(lines) or "  (no tasks)"
