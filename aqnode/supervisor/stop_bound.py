@@ -79,8 +79,8 @@ class StopBound:
 
 
 def _tasks_report(loop: asyncio.AbstractEventLoop) -> str:
-    """Each pending task's name and innermost frames (read from another thread: best
-    effort, for a person reading the log)."""
+    """Each pending task and the frames it is suspended in (read from another thread:
+    best effort, for a person reading the log)."""
     lines: list[str] = []
     try:
         tasks = list(asyncio.all_tasks(loop))
@@ -88,7 +88,7 @@ def _tasks_report(loop: asyncio.AbstractEventLoop) -> str:
         return f"  (the tasks could not be listed: {exc!r})"
     for task in tasks:
         try:
-            # Frames by hand: print_stack trips over frames with no line number (C code).
+            # Frames by hand: print_stack raised TypeError on frames with no line number.
             frames = [
                 f"    {f.f_code.co_filename}:{f.f_lineno or '?'} in {f.f_code.co_name}"
                 for f in task.get_stack()
